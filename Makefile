@@ -1,0 +1,5 @@
+.PHONY: check serve
+check:
+	bash scripts/test.sh
+serve:
+	bash scripts/serve.sh

@@ -1,0 +1,7 @@
+"""``python -m steadyserve serve ...``"""
+
+import sys
+
+from steadyserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,170 @@
+"""Command line: argv → :class:`Settings` → run. Logging is set up here, nothing at import time.
+
+``steadyserve serve --model_name NAME --model_dir DIR`` (KServe's flags). ``steadyserve --flag ...``
+without a sub-command also serves, so a KServe ServingRuntime can pass only args. Unknown flags
+are an error (exit 2), as are invalid values (one line naming the setting and the valid values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, get_args, get_origin
+
+from steadyserve.settings import (
+    DEMO_MODEL_NAME,
+    ENV_ONLY,
+    ENV_VARS,
+    ConfigError,
+    Settings,
+    build_settings,
+    resolve_model_dir,
+)
+
+log = logging.getLogger("steadyserve")
+
+EXIT_CONFIG = 2
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {raw!r}")
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool or (get_origin(annotation) is not None and bool in get_args(annotation))
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, exit 2 - and no usage dump burying the message.
+        sys.stderr.write(f"steadyserve: error: {message}\n")
+        sys.exit(EXIT_CONFIG)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="steadyserve",
+        description="A model server for Hugging Face and custom models: KServe V1/V2 "
+        "(REST + gRPC) and the OpenAI API.",
+        allow_abbrev=False,
+    )
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model",
+        description="Serve a model. Precedence: flags > environment > defaults. "
+        "With no model source at all (no --model_dir, STORAGE_URI, /mnt/models, --model_id, "
+        "--model_class or --model_repository), the built-in demo model is served.",
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.error = _Parser.error.__get__(serve)  # type: ignore[method-assign]
+    for name, field in Settings.model_fields.items():
+        if name in ENV_ONLY:
+            continue
+        env = ENV_VARS.get(name)
+        default = field.get_default(call_default_factory=True)
+        help_text = (field.description or "").replace("%", "%%")
+        if env:
+            help_text += f" [env {env}]"
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
+        if _is_bool(field.annotation):
+            kwargs.update(nargs="?", const=True, type=_parse_bool, metavar="BOOL")
+        else:
+            kwargs.update(metavar=name.upper())
+        if default not in (None, [], False):
+            kwargs["help"] += f" (default: {default})"
+        serve.add_argument(f"--{name}", **kwargs)
+    serve.epilog = (
+        "Environment only: STEADYSERVE_API_KEY (API keys, comma-separated). "
+        "Per request: X-Request-Timeout header (seconds)."
+    )
+    demo = sub.add_parser("build-demo", help="build the demo model directory and print its path")
+    demo.add_argument("--out", default=None, help="directory (default: the cache)")
+    return parser
+
+
+def setup_logging(settings: Settings) -> None:
+    from steadyserve.logs import configure
+
+    configure(settings.log_level, settings.log_format)
+
+
+def model_specs(settings: Settings) -> list[Any]:
+    """The models to serve, from the settings. Raises ConfigError for unusable paths."""
+    from steadyserve.engine.ipc import ModelSpec
+
+    common: dict[str, Any] = dict(
+        task=settings.task,
+        dtype=settings.dtype,
+        device=settings.device,
+        trust_remote_code=settings.trust_remote_code,
+        max_model_len=settings.max_model_len,
+        max_batch_size=settings.max_batch_size,
+        max_batch_wait_ms=settings.max_batch_wait_ms,
+        max_num_seqs=settings.max_num_seqs,
+        memory_limit_mb=settings.worker_memory_limit_mb,
+        torch_threads=settings.torch_threads,
+    )
+    if settings.model_repository is not None:
+        from steadyserve.repository import scan_repository
+
+        return scan_repository(settings.model_repository, common)
+    if settings.model_class is not None:
+        model_dir = resolve_model_dir(settings)
+        name = settings.model_name or "model"
+        return [ModelSpec(name=name, kind="custom", model_class=settings.model_class,
+                          model_dir=model_dir, **common)]
+    if settings.model_id is not None:
+        name = settings.model_name or settings.model_id.rsplit("/", 1)[-1]
+        return [ModelSpec(name=name, kind="huggingface", model_id=settings.model_id, **common)]
+    model_dir = resolve_model_dir(settings)
+    if model_dir is None:
+        from steadyserve.runtimes.huggingface.tiny import ensure_demo_model
+
+        path = ensure_demo_model()
+        name = settings.model_name or DEMO_MODEL_NAME
+        return [ModelSpec(name=name, kind="huggingface", model_dir=path, **common)]
+    name = settings.model_name or (os.path.basename(os.path.normpath(model_dir)) or "model")
+    if name == "models" and model_dir == "/mnt/models":
+        name = settings.model_name or "model"
+    return [ModelSpec(name=name, kind="huggingface", model_dir=model_dir, **common)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "serve")  # KServe style: args only
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    if args.command == "build-demo":
+        from steadyserve.runtimes.huggingface.tiny import ensure_demo_model
+
+        print(ensure_demo_model(args.out))
+        return 0
+    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        settings = build_settings(flags)
+        setup_logging(settings)
+        specs = model_specs(settings)
+    except ConfigError as exc:
+        sys.stderr.write(f"steadyserve: {exc}\n")
+        return EXIT_CONFIG
+    from steadyserve.server import run
+
+    log.info("effective configuration: %s", settings.redacted())
+    return run(settings, specs)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

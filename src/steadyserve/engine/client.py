@@ -1,0 +1,493 @@
+"""The engine client: the one narrow interface between the server and a model's worker.
+
+:class:`ModelEngine` lives in the server process (asyncio). It admits requests (bounded queue →
+429; not ready → 503), sends them to the worker, and completes each *exactly once*: with a
+result, an error, a cancellation (the caller's task was cancelled → ``Abort`` to the worker),
+a deadline (504, ``Abort``) or a worker failure (503). It also supervises the worker process:
+restart with backoff on crash, kill on hang, readiness and liveness that tell the truth.
+
+Transports call only ``predict``, ``infer``, ``embed``, ``generate``, ``info`` and the
+readiness/liveness properties; nothing framework-specific crosses this boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from steadyserve.engine import ipc
+from steadyserve.errors import (
+    DeadlineExceeded,
+    QueueFull,
+    ServiceUnavailable,
+    SteadyError,
+    WorkerCrashed,
+    from_kind,
+)
+from steadyserve.types import (
+    EmbedRequest,
+    EmbedResponse,
+    GenerateRequest,
+    InferRequest,
+    InferResponse,
+    ModelInfo,
+    PredictRequest,
+    PredictResponse,
+    TokenDelta,
+)
+
+log = logging.getLogger("steadyserve.engine")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The engine-relevant subset of Settings (kept separate so the engine does not import
+    the transport's settings)."""
+
+    max_queue_size: int = 256
+    max_queue_tokens: int = 1_048_576
+    request_timeout_s: float = 600.0
+    worker_load_timeout_s: float = 900.0
+    worker_hang_timeout_s: float = 60.0
+    max_consecutive_crashes: int = 5
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 30.0
+
+
+@dataclass
+class _Pending:
+    kind: str
+    tokens: int
+    future: asyncio.Future[Any] | None = None
+    queue: asyncio.Queue[TokenDelta | BaseException] | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class State:
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+    FAILED = "failed"  # load failed; retrying with backoff
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class ModelEngine:
+    """One model: its worker process, its admission queue, its readiness."""
+
+    def __init__(self, spec: ipc.ModelSpec, config: EngineConfig) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.config = config
+        self.state = State.STOPPED
+        self.info: ModelInfo | None = None
+        self.last_error: str | None = None
+        self.consecutive_crashes = 0
+        self.restarts = 0
+        self.worker_stats: dict[str, int] = {"running": 0, "queued": 0}
+        self._pending: dict[int, _Pending] = {}
+        self._queued_tokens = 0
+        self._ids = itertools.count(1)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._ready_event = asyncio.Event()
+        self._last_message = time.monotonic()
+        self._stopping = False
+        #: set on SIGTERM: readiness fails and new requests get 503 while in-flight ones finish.
+        self.draining = False
+        self._served_since_start = 0
+        #: observers (metrics): called with (event, **fields)
+        self.listeners: list[Any] = []
+
+    # ---- status --------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.state == State.READY and self.info is not None and not self.draining
+
+    @property
+    def live(self) -> bool:
+        return self.consecutive_crashes < self.config.max_consecutive_crashes
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "in_flight": len(self._pending),
+            "queued_tokens": self._queued_tokens,
+            "worker_running": self.worker_stats.get("running", 0),
+            "worker_queued": self.worker_stats.get("queued", 0),
+            "restarts": self.restarts,
+            "consecutive_crashes": self.consecutive_crashes,
+            "last_error": self.last_error,
+            "pid": self._proc.pid if self._proc is not None else None,
+        }
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        for listener in self.listeners:
+            try:
+                listener(self, event, **fields)
+            except Exception:  # pragma: no cover - observers never break serving
+                log.exception("engine listener failed")
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._supervisor is None:
+            self._stopping = False
+            self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ready_event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Stop admitting; let in-flight requests finish for up to ``grace_s``; stop the worker."""
+        if self.state == State.STOPPED and self._supervisor is None:
+            return
+        self.state = State.STOPPING
+        self._ready_event.clear()
+        deadline = time.monotonic() + grace_s
+        while self._pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self._stopping = True
+        self._fail_all(ServiceUnavailable(f"model {self.name} is shutting down", retry_after=1))
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.write(ipc.frame(ipc.Shutdown()))
+                await self._writer.drain()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
+            self._supervisor = None
+        self.state = State.STOPPED
+
+    async def _spawn(self) -> tuple[asyncio.subprocess.Process, asyncio.StreamReader]:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            env = dict(os.environ)
+            env.setdefault("TOKENIZERS_PARALLELISM", "false")
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "steadyserve.engine.worker",
+                "--fd",
+                str(child.fileno()),
+                pass_fds=(child.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=1 << 24)
+        self._writer = writer
+        writer.write(ipc.frame(ipc.Load(spec=self.spec)))
+        await writer.drain()
+        return proc, reader
+
+    async def _supervise(self) -> None:
+        backoff = self.config.restart_backoff_s
+        while not self._stopping:
+            self.state = State.STARTING if self.restarts == 0 else State.RESTARTING
+            self._served_since_start = 0
+            proc: asyncio.subprocess.Process | None = None
+            try:
+                proc, reader = await self._spawn()
+                self._proc = proc
+                self._last_message = time.monotonic()
+                self._reader_task = asyncio.create_task(self._read_loop(reader))
+                outcome = await self._watch(proc)
+            except asyncio.CancelledError:
+                if proc is not None and proc.returncode is None:
+                    proc.kill()
+                raise
+            except Exception as exc:  # pragma: no cover - spawn failure
+                log.exception("could not start worker for %s", self.name)
+                outcome = f"spawn failed: {exc}"
+            # ---- the worker is gone -------------------------------------------------------
+            was_ready = self.state == State.READY
+            self._ready_event.clear()
+            if self._reader_task is not None:
+                self._reader_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._reader_task
+            self._writer = None
+            if self._stopping:
+                break
+            self.last_error = outcome
+            self.state = State.RESTARTING if was_ready else State.FAILED
+            self._fail_all(
+                WorkerCrashed(f"model worker for {self.name} {outcome}; restarting", retry_after=1)
+            )
+            if self._served_since_start > 0 or was_ready and self.consecutive_crashes == 0:
+                self.consecutive_crashes = 1
+            else:
+                self.consecutive_crashes += 1
+            self.restarts += 1
+            self._emit("restart", reason=outcome)
+            log.error(
+                "model %s: worker %s (crash %d in a row); restarting in %.1fs",
+                self.name,
+                outcome,
+                self.consecutive_crashes,
+                backoff,
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(max(backoff * 2, 0.1), self.config.restart_backoff_max_s)
+            if self._served_since_start > 0:
+                backoff = self.config.restart_backoff_s
+        self.state = State.STOPPED
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> str:
+        """Wait until the worker exits, or kill it when it loads too long or hangs."""
+        started = time.monotonic()
+        wait = asyncio.create_task(proc.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({wait}, timeout=0.1)
+                if done:
+                    code = proc.returncode
+                    if code is not None and code < 0:
+                        return f"was killed by signal {-code}"
+                    return f"exited with code {code}"
+                now = time.monotonic()
+                if self.state != State.READY:
+                    if now - started > self.config.worker_load_timeout_s:
+                        proc.kill()
+                        await wait
+                        return "did not load in time"
+                    continue
+                if now - self._last_message > self.config.worker_hang_timeout_s:
+                    log.error(
+                        "model %s: worker silent for %.1fs with %d request(s); killing it",
+                        self.name,
+                        now - self._last_message,
+                        len(self._pending),
+                    )
+                    proc.kill()
+                    await wait
+                    return "hung (no progress) and was killed"
+        finally:
+            if not wait.done():
+                wait.cancel()
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                header = await reader.readexactly(4)
+                body = await reader.readexactly(ipc.parse_header(header))
+                self._last_message = time.monotonic()
+                self._dispatch(ipc.to_server_decoder.decode(body))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # EOF: the worker died. Fail in-flight requests now, not when the exit is reaped.
+            if not self._stopping:
+                self._fail_all(WorkerCrashed(f"model worker for {self.name} died", retry_after=1))
+                self._ready_event.clear()
+                if self.state == State.READY:
+                    self.state = State.RESTARTING
+
+    def _dispatch(self, msg: ipc.ToServer) -> None:
+        if isinstance(msg, ipc.Deltas):
+            for rid, delta in msg.items:
+                pending = self._pending.get(rid)
+                if pending is None or pending.queue is None:
+                    continue
+                if delta.finish_reason is not None:
+                    self._finish(rid, delta)
+                else:
+                    pending.queue.put_nowait(delta)
+        elif isinstance(msg, ipc.Result):
+            self._finish(msg.id, msg.predict or msg.infer or msg.embed)
+        elif isinstance(msg, ipc.Failed):
+            self._finish(msg.id, from_kind(msg.kind, msg.message))
+        elif isinstance(msg, ipc.Heartbeat):
+            self.worker_stats = {"running": msg.running, "queued": msg.queued, **msg.stats}
+        elif isinstance(msg, ipc.Ready):
+            self.info = msg.info
+            self.state = State.READY
+            self.last_error = None
+            self._ready_event.set()
+            log.info("model %s is ready (%s)", self.name, ", ".join(msg.info.capabilities))
+            self._emit("ready")
+        elif isinstance(msg, ipc.LoadFailed):
+            self.last_error = f"load failed: {msg.message}"
+            log.error("model %s: %s", self.name, self.last_error)
+        elif isinstance(msg, ipc.Progress):
+            log.info("model %s: %s", self.name, msg.message)
+
+    # ---- completion (exactly once) -------------------------------------------------------
+    def _finish(self, rid: int, outcome: Any) -> bool:
+        """End request ``rid`` with a result or an exception. Returns False if it had already
+        ended: the first outcome wins, later ones are dropped."""
+        pending = self._pending.pop(rid, None)
+        if pending is None:
+            return False
+        self._queued_tokens -= pending.tokens
+        if isinstance(outcome, BaseException):
+            self._emit("failed", error=outcome)
+        else:
+            self._served_since_start += 1
+            if self._served_since_start == 1 and self.consecutive_crashes:
+                self.consecutive_crashes = 0
+        if pending.future is not None:
+            if not pending.future.done():
+                if isinstance(outcome, BaseException):
+                    pending.future.set_exception(outcome)
+                else:
+                    pending.future.set_result(outcome)
+        elif pending.queue is not None:
+            pending.queue.put_nowait(outcome)
+        return True
+
+    def _fail_all(self, error: SteadyError) -> None:
+        for rid in list(self._pending):
+            self._finish(rid, error)
+
+    def _abort(self, rid: int) -> None:
+        """The caller left (cancelled, deadline): end the request and tell the worker."""
+        if self._pending.pop(rid, None) is not None:
+            self._emit("aborted")
+            if self._writer is not None and not self._writer.is_closing():
+                with contextlib.suppress(Exception):
+                    self._writer.write(ipc.frame(ipc.Abort(id=rid)))
+        self._queued_tokens = sum(p.tokens for p in self._pending.values())
+
+    # ---- admission -----------------------------------------------------------------------
+    def _admit(self, kind: str, tokens: int) -> int:
+        if self.draining:
+            raise ServiceUnavailable(f"model {self.name} is draining (shutting down)", retry_after=5)
+        if self.state != State.READY or self._writer is None:
+            if self.state in (State.STOPPING, State.STOPPED):
+                raise ServiceUnavailable(f"model {self.name} is not serving", retry_after=5)
+            detail = f" ({self.last_error})" if self.last_error else ""
+            raise ServiceUnavailable(
+                f"model {self.name} is not ready: {self.state}{detail}", retry_after=1
+            )
+        if len(self._pending) >= self.config.max_queue_size:
+            raise QueueFull(
+                f"model {self.name} has {len(self._pending)} requests in flight "
+                f"(max_queue_size={self.config.max_queue_size})",
+                retry_after=1,
+            )
+        if tokens and self._queued_tokens + tokens > self.config.max_queue_tokens:
+            raise QueueFull(
+                f"model {self.name} has {self._queued_tokens} tokens queued "
+                f"(max_queue_tokens={self.config.max_queue_tokens})",
+                retry_after=1,
+            )
+        rid = next(self._ids)
+        self._queued_tokens += tokens
+        return rid
+
+    def _timeout(self, timeout_s: float | None) -> float:
+        default = self.config.request_timeout_s
+        return default if timeout_s is None else max(0.0, min(timeout_s, default))
+
+    async def _unary(self, kind: str, payload: Any, timeout_s: float | None) -> Any:
+        timeout = self._timeout(timeout_s)
+        rid = self._admit(kind, 0)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending[rid] = _Pending(kind=kind, tokens=0, future=future)
+        assert self._writer is not None
+        self._writer.write(ipc.frame(ipc.Submit(id=rid, kind=kind, timeout_s=timeout, **{kind: payload})))
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            if self._finish(rid, DeadlineExceeded("deadline exceeded")):
+                self._emit("expired")
+            self._abort(rid)
+            raise DeadlineExceeded(f"request did not complete within {timeout:.3g}s") from None
+        finally:
+            if rid in self._pending:  # cancelled by the caller (client disconnected)
+                self._abort(rid)
+
+    async def predict(self, request: PredictRequest, timeout_s: float | None = None) -> PredictResponse:
+        result = await self._unary("predict", request, timeout_s)
+        assert isinstance(result, PredictResponse)
+        return result
+
+    async def infer(self, request: InferRequest, timeout_s: float | None = None) -> InferResponse:
+        result = await self._unary("infer", request, timeout_s)
+        assert isinstance(result, InferResponse)
+        return result
+
+    async def embed(self, request: EmbedRequest, timeout_s: float | None = None) -> EmbedResponse:
+        result = await self._unary("embed", request, timeout_s)
+        assert isinstance(result, EmbedResponse)
+        return result
+
+    async def generate(
+        self, request: GenerateRequest, timeout_s: float | None = None
+    ) -> AsyncIterator[TokenDelta]:
+        """Stream token deltas; the last one carries ``finish_reason``. Closing the iterator
+        early (or cancelling the task consuming it) aborts the sequence in the worker.
+
+        Use as ``async with contextlib.aclosing(engine.generate(...)) as stream``."""
+        timeout = self._timeout(timeout_s)
+        prompt_len = len(request.prompt_token_ids or ()) or len(request.prompt or "") // 4
+        rid = self._admit("generate", prompt_len + request.params.max_tokens)
+        queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
+        self._pending[rid] = _Pending(
+            kind="generate", tokens=prompt_len + request.params.max_tokens, queue=queue
+        )
+        assert self._writer is not None
+        self._writer.write(ipc.frame(ipc.Submit(id=rid, kind="generate", timeout_s=timeout, generate=request)))
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    async with asyncio.timeout(max(remaining, 0)):
+                        item = await queue.get()
+                except TimeoutError:
+                    if self._finish(rid, DeadlineExceeded("deadline exceeded")):
+                        self._emit("expired")
+                    self._abort(rid)
+                    raise DeadlineExceeded(
+                        f"generation did not complete within {timeout:.3g}s"
+                    ) from None
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            if rid in self._pending:
+                self._abort(rid)
+
+    def require_ready_info(self) -> ModelInfo:
+        """Model metadata for edge validation; 503 while the model is not loaded."""
+        if self.info is None or self.state not in (State.READY,):
+            if self.info is not None and self.state == State.RESTARTING:
+                raise ServiceUnavailable(f"model {self.name} is restarting", retry_after=1)
+            raise ServiceUnavailable(
+                f"model {self.name} is not ready: {self.state}", retry_after=1
+            )
+        return self.info
+

@@ -1,0 +1,161 @@
+"""Messages between the server process and a model worker, and their framing.
+
+Frames are a 4-byte big-endian length followed by a msgpack body (msgspec, tagged unions), over a
+Unix socketpair. Nothing is pickled: a client's payload is data on both sides.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from typing import Any, Union
+
+import msgspec
+
+from steadyserve.types import (
+    EmbedRequest,
+    EmbedResponse,
+    GenerateRequest,
+    InferRequest,
+    InferResponse,
+    ModelInfo,
+    PredictRequest,
+    PredictResponse,
+    TokenDelta,
+)
+
+MAX_FRAME = 1 << 31
+_HEADER = struct.Struct(">I")
+
+
+class ModelSpec(msgspec.Struct):
+    """Everything a worker needs to build and load one model."""
+
+    name: str
+    #: "huggingface", "custom" (model_class), or "demo".
+    kind: str
+    model_dir: str | None = None
+    model_id: str | None = None
+    model_class: str | None = None
+    task: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    max_model_len: int | None = None
+    max_batch_size: int = 32
+    max_batch_wait_ms: float = 5.0
+    max_num_seqs: int = 32
+    memory_limit_mb: int | None = None
+    torch_threads: int | None = None
+    options: dict[str, Any] = {}
+
+
+# ---- server → worker --------------------------------------------------------------------------
+class Load(msgspec.Struct, tag=True):
+    spec: ModelSpec
+
+
+class Submit(msgspec.Struct, tag=True):
+    id: int
+    kind: str  # "predict" | "infer" | "embed" | "generate"
+    timeout_s: float | None
+    predict: PredictRequest | None = None
+    infer: InferRequest | None = None
+    embed: EmbedRequest | None = None
+    generate: GenerateRequest | None = None
+
+
+class Abort(msgspec.Struct, tag=True):
+    id: int
+
+
+class Shutdown(msgspec.Struct, tag=True):
+    pass
+
+
+# ---- worker → server --------------------------------------------------------------------------
+class Ready(msgspec.Struct, tag=True):
+    info: ModelInfo
+
+
+class LoadFailed(msgspec.Struct, tag=True):
+    message: str
+
+
+class Result(msgspec.Struct, tag=True):
+    id: int
+    predict: PredictResponse | None = None
+    infer: InferResponse | None = None
+    embed: EmbedResponse | None = None
+
+
+class Deltas(msgspec.Struct, tag=True):
+    """Token deltas for several sequences from one engine step."""
+
+    items: list[tuple[int, TokenDelta]]
+
+
+class Failed(msgspec.Struct, tag=True):
+    id: int
+    kind: str  # errors.SteadyError subclass name
+    message: str
+
+
+class Heartbeat(msgspec.Struct, tag=True):
+    running: int = 0
+    queued: int = 0
+    stats: dict[str, int] = {}
+
+
+class Progress(msgspec.Struct, tag=True):
+    """Load progress, forwarded to the server log."""
+
+    message: str
+
+
+ToWorker = Union[Load, Submit, Abort, Shutdown]
+ToServer = Union[Ready, LoadFailed, Result, Deltas, Failed, Heartbeat, Progress]
+
+_encoder = msgspec.msgpack.Encoder()
+to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)
+to_server_decoder = msgspec.msgpack.Decoder(ToServer)
+
+
+def frame(message: Any) -> bytes:
+    body = _encoder.encode(message)
+    return _HEADER.pack(len(body)) + body
+
+
+def parse_header(header: bytes) -> int:
+    (length,) = _HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ValueError(f"frame of {length} bytes exceeds the limit")
+    return int(length)
+
+
+class BlockingChannel:
+    """The worker's side: blocking reads from one thread, locked writes from any."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, message: ToServer) -> None:
+        data = frame(message)
+        with self._lock:
+            self._sock.sendall(data)
+
+    def _read_exact(self, n: int) -> bytes:
+        chunks = []
+        while n:
+            chunk = self._sock.recv(min(n, 1 << 20))
+            if not chunk:
+                raise EOFError("server closed the channel")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def recv(self) -> ToWorker:
+        length = parse_header(self._read_exact(_HEADER.size))
+        return to_worker_decoder.decode(self._read_exact(length))

@@ -1,0 +1,515 @@
+"""The worker's scheduler: dynamic batching for predict/infer/embed, continuous batching for
+generation, cancellation and deadlines - all on one thread that owns the model.
+
+A reader thread moves messages from the socket into an inbox; the scheduler thread drains the
+inbox between model calls, so an ``Abort`` takes effect before the next batch or decoding step.
+Failures stay local: a batch that raises is re-run one request at a time, and only the request
+that raises alone fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from steadyserve.engine.ipc import (
+    Abort,
+    BlockingChannel,
+    Deltas,
+    Failed,
+    Heartbeat,
+    ModelSpec,
+    Result,
+    Shutdown,
+    Submit,
+)
+from steadyserve.engine.worker import call_maybe_async
+from steadyserve.errors import DeadlineExceeded, InvalidInput, ModelError, SteadyError, bounded
+from steadyserve.model import GenerationEngine, Model
+from steadyserve.types import (
+    EmbedRequest,
+    EmbedResponse,
+    GenerateRequest,
+    InferRequest,
+    InferResponse,
+    PredictResponse,
+    Tensor,
+    TokenDelta,
+    tensor_from_numpy,
+)
+
+log = logging.getLogger("steadyserve.worker")
+
+HEARTBEAT_S = 0.25
+
+
+@dataclass
+class Job:
+    msg: Submit
+    arrived: float
+    deadline: float | None
+    group: Any = None
+    rows: int = 1
+    data: Any = None
+
+
+def to_jsonable(value: Any) -> Any:
+    """Model outputs (numpy, torch, bytes) → plain JSON-able values."""
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "detach") and hasattr(value, "tolist"):  # torch.Tensor
+        return to_jsonable(value.detach().cpu().tolist())
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return list(value)
+    return value
+
+
+def as_error(exc: BaseException) -> SteadyError:
+    if isinstance(exc, SteadyError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return ModelError("model ran out of memory on this request")
+    return ModelError(bounded(f"{type(exc).__name__}: {exc}"))
+
+
+class IteratorEngine:
+    """Drives a model's per-request ``generate`` iterators, one token each per step (fair
+    interleaving for custom models without a batched engine)."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.running: dict[str, Iterator[TokenDelta]] = {}
+
+    def add(self, request_id: str, request: GenerateRequest) -> None:
+        self.running[request_id] = iter(self.model.generate(request))
+
+    def abort(self, request_id: str) -> None:
+        it = self.running.pop(request_id, None)
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+    def has_work(self) -> bool:
+        return bool(self.running)
+
+    def step(self) -> list[tuple[str, TokenDelta | BaseException]]:
+        out: list[tuple[str, TokenDelta | BaseException]] = []
+        for rid, it in list(self.running.items()):
+            try:
+                delta = next(it)
+            except StopIteration:
+                delta = TokenDelta(finish_reason="stop")
+            except Exception as exc:  # noqa: BLE001 - a failure stays with its request
+                self.running.pop(rid, None)
+                out.append((rid, exc))
+                continue
+            if delta.finish_reason is not None:
+                self.running.pop(rid, None)
+            out.append((rid, delta))
+        return out
+
+    def reset(self) -> None:
+        for rid in list(self.running):
+            self.abort(rid)
+
+    def stats(self) -> dict[str, int]:
+        return {"running": len(self.running)}
+
+
+@dataclass
+class _Inbox:
+    q: queue.Queue[Submit | Abort | Shutdown | None] = field(default_factory=queue.Queue)
+
+
+class Scheduler:
+    def __init__(self, model: Model, spec: ModelSpec, channel: BlockingChannel, loop: Any) -> None:
+        self.model = model
+        self.spec = spec
+        self.channel = channel
+        self.loop = loop
+        self.inbox: queue.Queue[Submit | Abort | Shutdown | None] = queue.Queue()
+        self.pending: deque[Job] = deque()  # predict / infer / embed
+        self.gen_waiting: deque[Job] = deque()
+        self.gen_running: dict[int, Job] = {}
+        self.stopping = False
+        self.engine: GenerationEngine | None = None
+        caps = model.capabilities()
+        if "generate" in caps:
+            self.engine = model.generation_engine() or IteratorEngine(model)
+        self.infer_override = model._overrides("infer")
+        self.last_heartbeat = 0.0
+
+    # ---- I/O -----------------------------------------------------------------------------
+    def _reader(self) -> None:
+        try:
+            while True:
+                self.inbox.put(self.channel.recv())
+        except (EOFError, OSError):
+            # The server is gone: nothing left to serve. Exit at once.
+            os._exit(0)
+        except Exception:
+            log.exception("bad frame from server")
+            os._exit(4)
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        err = as_error(exc)
+        if not isinstance(err, SteadyError) or isinstance(err, ModelError):
+            log.warning("request %s failed: %s", job.msg.id, err.message)
+        self.channel.send(Failed(id=job.msg.id, kind=err.kind, message=err.message))
+
+    # ---- main loop -----------------------------------------------------------------------
+    def run(self) -> None:
+        threading.Thread(target=self._reader, name="ipc-reader", daemon=True).start()
+        while not self.stopping:
+            self._drain_inbox(self._wait_time())
+            self._expire()
+            if self.pending and self._batch_due():
+                self._run_batch()
+            if self.engine is not None and (self.gen_waiting or self.gen_running):
+                self._gen_step()
+            now = time.monotonic()
+            if now - self.last_heartbeat >= HEARTBEAT_S:
+                self.last_heartbeat = now
+                stats = self.engine.stats() if self.engine is not None else {}
+                self.channel.send(
+                    Heartbeat(
+                        running=len(self.gen_running),
+                        queued=len(self.pending) + len(self.gen_waiting),
+                        stats=stats,
+                    )
+                )
+
+    def _wait_time(self) -> float:
+        if self.gen_running or self.gen_waiting:
+            return 0.0
+        if self.pending:
+            oldest = self.pending[0].arrived
+            return max(0.0, oldest + self.spec.max_batch_wait_ms / 1000 - time.monotonic())
+        return HEARTBEAT_S
+
+    def _drain_inbox(self, timeout: float) -> None:
+        try:
+            msg = self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(msg)
+            try:
+                msg = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, msg: Submit | Abort | Shutdown | None) -> None:
+        if isinstance(msg, Submit):
+            now = time.monotonic()
+            deadline = now + msg.timeout_s if msg.timeout_s is not None else None
+            job = Job(msg=msg, arrived=now, deadline=deadline)
+            if msg.kind == "generate":
+                if self.engine is None:
+                    self._fail(job, InvalidInput("this model does not generate"))
+                else:
+                    self.gen_waiting.append(job)
+            else:
+                try:
+                    self._classify(job)
+                except Exception as exc:  # noqa: BLE001
+                    self._fail(job, exc if isinstance(exc, SteadyError) else InvalidInput(str(exc)))
+                    return
+                self.pending.append(job)
+        elif isinstance(msg, Abort):
+            self._abort(msg.id)
+        elif isinstance(msg, Shutdown):
+            self.stopping = True
+
+    def _abort(self, rid: int) -> None:
+        for q in (self.pending, self.gen_waiting):
+            for job in list(q):
+                if job.msg.id == rid:
+                    q.remove(job)
+                    return
+        if rid in self.gen_running:
+            self.gen_running.pop(rid)
+            assert self.engine is not None
+            self.engine.abort(str(rid))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for q in (self.pending, self.gen_waiting):
+            for job in [j for j in q if j.deadline is not None and j.deadline <= now]:
+                q.remove(job)
+                self._fail(job, DeadlineExceeded("deadline passed while queued"))
+        for rid, job in list(self.gen_running.items()):
+            if job.deadline is not None and job.deadline <= now:
+                self._abort(rid)
+                self._fail(job, DeadlineExceeded("deadline passed during generation"))
+
+    # ---- dynamic batching (predict / infer / embed) ------------------------------------------
+    def _classify(self, job: Job) -> None:
+        """Decide which requests may share a batch, and how many rows each contributes."""
+        msg = job.msg
+        if msg.kind == "predict":
+            assert msg.predict is not None
+            job.data = msg.predict.instances
+            job.rows = len(job.data)
+            job.group = ("predict", msgspec.json.encode(msg.predict.parameters))
+        elif msg.kind == "infer":
+            assert msg.infer is not None
+            if self.infer_override or not self.model.batching:
+                job.group = ("infer-solo", msg.id)
+                return
+            job.data = infer_to_instances(msg.infer)
+            job.rows = len(job.data)
+            job.group = ("predict", msgspec.json.encode(msg.infer.parameters))
+        elif msg.kind == "embed":
+            assert msg.embed is not None
+            job.data = msg.embed.texts if msg.embed.texts is not None else msg.embed.token_ids
+            job.rows = len(job.data or [])
+            job.group = ("embed", msg.embed.normalize, msg.embed.texts is None)
+        else:
+            raise InvalidInput(f"unknown request kind {msg.kind}")
+        if not self.model.batching:
+            job.group = (job.group, msg.id)
+
+    def _batch_due(self) -> bool:
+        head = self.pending[0]
+        rows = sum(j.rows for j in self.pending if j.group == head.group)
+        if rows >= self.spec.max_batch_size or not self.model.batching:
+            return True
+        return time.monotonic() - head.arrived >= self.spec.max_batch_wait_ms / 1000
+
+    def _run_batch(self) -> None:
+        head = self.pending[0]
+        batch: list[Job] = []
+        rows = 0
+        for job in list(self.pending):
+            if job.group != head.group:
+                continue
+            if batch and rows + job.rows > self.spec.max_batch_size:
+                break
+            batch.append(job)
+            rows += job.rows
+            self.pending.remove(job)
+        self._execute(batch)
+
+    def _execute(self, batch: list[Job]) -> None:
+        kind = batch[0].msg.kind
+        try:
+            if kind == "infer" and batch[0].group[0] == "infer-solo":
+                results = [self._infer_solo(batch[0])]
+            elif kind == "embed":
+                results = self._embed(batch)
+            else:
+                results = self._predict(batch)
+        except BaseException as exc:  # noqa: BLE001 - isolate, then fail only the culprit
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            if len(batch) == 1:
+                log.debug("request failed:\n%s", traceback.format_exc())
+                self._fail(batch[0], exc)
+            else:
+                log.info("batch of %d failed (%s); re-running alone", len(batch), exc)
+                for job in batch:
+                    self._drain_inbox(0)  # honour aborts that arrived meanwhile
+                    self._execute([job])
+            return
+        for job, result in zip(batch, results, strict=True):
+            self.channel.send(result)
+
+    def _predict(self, batch: list[Job]) -> list[Result]:
+        instances: list[Any] = []
+        for job in batch:
+            instances.extend(job.data)
+        model = self.model
+        x = call_maybe_async(self.loop, model.preprocess, instances)
+        y = call_maybe_async(self.loop, model.predict, x)
+        y = call_maybe_async(self.loop, model.postprocess, y)
+        y = list(y) if not isinstance(y, list) else y
+        if len(y) != len(instances):
+            raise ModelError(
+                f"model returned {len(y)} predictions for {len(instances)} instances"
+            )
+        out: list[Result] = []
+        start = 0
+        for job in batch:
+            part = y[start : start + job.rows]
+            start += job.rows
+            if job.msg.kind == "predict":
+                out.append(
+                    Result(id=job.msg.id, predict=PredictResponse(predictions=to_jsonable(part)))
+                )
+            else:
+                assert job.msg.infer is not None
+                resp = predictions_to_infer(self.model, job.msg.infer, part)
+                out.append(Result(id=job.msg.id, infer=resp))
+        return out
+
+    def _infer_solo(self, job: Job) -> Result:
+        assert job.msg.infer is not None
+        resp = call_maybe_async(self.loop, self.model.infer, job.msg.infer)
+        if not isinstance(resp, InferResponse):
+            raise ModelError("model.infer must return an InferResponse")
+        resp.model_name = self.model.name
+        resp.id = job.msg.infer.id
+        return Result(id=job.msg.id, infer=resp)
+
+    def _embed(self, batch: list[Job]) -> list[Result]:
+        head = batch[0].msg.embed
+        assert head is not None
+        merged: list[Any] = []
+        for job in batch:
+            merged.extend(job.data)
+        if head.texts is not None:
+            req = EmbedRequest(texts=merged, normalize=head.normalize)
+        else:
+            req = EmbedRequest(token_ids=merged, normalize=head.normalize)
+        resp = call_maybe_async(self.loop, self.model.embed, req)
+        if len(resp.embeddings) != len(merged):
+            raise ModelError("model returned the wrong number of embeddings")
+        out = []
+        start = 0
+        total = max(1, len(merged))
+        for job in batch:
+            part = resp.embeddings[start : start + job.rows]
+            start += job.rows
+            tokens = resp.prompt_tokens * job.rows // total
+            out.append(
+                Result(id=job.msg.id, embed=EmbedResponse(embeddings=part, prompt_tokens=tokens))
+            )
+        return out
+
+    # ---- continuous batching (generate) ------------------------------------------------------
+    def _gen_step(self) -> None:
+        engine = self.engine
+        assert engine is not None
+        while self.gen_waiting and len(self.gen_running) < self.spec.max_num_seqs:
+            job = self.gen_waiting.popleft()
+            assert job.msg.generate is not None
+            try:
+                engine.add(str(job.msg.id), job.msg.generate)
+            except Exception as exc:  # noqa: BLE001 - bad request fails alone
+                self._fail(job, exc)
+                continue
+            self.gen_running[job.msg.id] = job
+        if not engine.has_work():
+            return
+        try:
+            results = engine.step()
+        except Exception as exc:  # noqa: BLE001
+            log.error("generation step failed:\n%s", traceback.format_exc())
+            for job in list(self.gen_running.values()):
+                self._fail(job, exc)
+            self.gen_running.clear()
+            engine.reset()
+            return
+        items: list[tuple[int, TokenDelta]] = []
+        for rid_s, item in results:
+            rid = int(rid_s)
+            job_or_none = self.gen_running.get(rid)
+            if job_or_none is None:
+                continue  # aborted meanwhile
+            if isinstance(item, BaseException):
+                self.gen_running.pop(rid, None)
+                self._fail(job_or_none, item)
+                continue
+            if item.finish_reason is not None:
+                self.gen_running.pop(rid, None)
+            items.append((rid, item))
+        if items:
+            self.channel.send(Deltas(items=items))
+
+
+# ---- V2 tensors ⇄ predict instances --------------------------------------------------------
+def _row_values(tensor: Tensor) -> list[Any]:
+    arr = tensor.to_numpy()
+    if tensor.datatype == "BYTES":
+        flat = [
+            v.decode("utf-8", errors="strict") if isinstance(v, bytes) else v
+            for v in arr.reshape(-1).tolist()
+        ]
+        rows = np.empty(len(flat), dtype=object)
+        rows[:] = flat
+        arr = rows.reshape(arr.shape)
+    if arr.ndim == 0:
+        return [arr.item()]
+    return [row.tolist() if isinstance(row, np.ndarray) else row for row in arr]
+
+
+def infer_to_instances(request: InferRequest) -> list[Any]:
+    """Split V2 input tensors into rows along the first axis: one instance per row.
+
+    A single input gives plain values; several inputs give ``{name: value}`` dicts."""
+    if not request.inputs:
+        raise InvalidInput("request has no inputs")
+    try:
+        columns = {t.name: _row_values(t) for t in request.inputs}
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"BYTES input is not valid UTF-8: {exc}") from None
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) != 1:
+        raise InvalidInput("all inputs must have the same first dimension")
+    if len(columns) == 1:
+        return next(iter(columns.values()))
+    n = lengths.pop()
+    return [{name: col[i] for name, col in columns.items()} for i in range(n)]
+
+
+def _to_array(values: list[Any]) -> np.ndarray[Any, Any]:
+    values = to_jsonable(values)
+    if values and all(isinstance(v, str) for v in values):
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = [v.encode("utf-8") for v in values]
+        return arr
+    arr = np.asarray(values)
+    if arr.dtype.kind in ("U", "S", "O"):
+        obj = np.empty(arr.shape, dtype=object)
+        obj.reshape(-1)[:] = [
+            v if isinstance(v, bytes) else str(v).encode("utf-8") for v in arr.reshape(-1).tolist()
+        ]
+        return obj
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    if arr.dtype == np.int64 and arr.size and np.abs(arr).max() < 2**31:
+        arr = arr.astype(np.int64)
+    return arr
+
+
+def predictions_to_infer(model: Model, request: InferRequest, predictions: list[Any]) -> InferResponse:
+    """Turn per-row predictions back into V2 output tensors."""
+    predictions = to_jsonable(predictions)
+    declared = [o.name for o in model.outputs]
+    if predictions and all(isinstance(p, dict) for p in predictions):
+        names = list(predictions[0].keys())
+        columns = {n: [p.get(n) for p in predictions] for n in names}
+    else:
+        columns = {(declared[0] if declared else "output-0"): predictions}
+    wanted = {o.name for o in request.outputs} if request.outputs else None
+    outputs = [
+        tensor_from_numpy(name, _to_array(values))
+        for name, values in columns.items()
+        if wanted is None or name in wanted
+    ]
+    if wanted is not None:
+        missing = wanted - set(columns)
+        if missing:
+            raise InvalidInput(f"unknown requested output(s): {', '.join(sorted(missing))}")
+    return InferResponse(model_name=model.name, outputs=outputs, id=request.id)

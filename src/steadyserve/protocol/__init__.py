@@ -1,0 +1,1 @@
+"""Protocol codecs: wire formats ⇄ neutral types. Pure functions, no I/O."""

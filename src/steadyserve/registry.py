@@ -1,0 +1,91 @@
+"""Model name → engine. Load/unload, readiness of the server as a whole."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from steadyserve.engine.client import EngineConfig, ModelEngine
+from steadyserve.engine.ipc import ModelSpec
+from steadyserve.errors import InvalidInput, ModelNotFound
+
+log = logging.getLogger("steadyserve.registry")
+
+
+class Registry:
+    def __init__(self, config: EngineConfig, specs: Iterable[ModelSpec] = ()) -> None:
+        self.config = config
+        self._engines: dict[str, ModelEngine] = {}
+        #: models that *should* be loaded (server readiness waits for all of them).
+        self._known: dict[str, ModelSpec] = {}
+        self.draining = False
+        for spec in specs:
+            self._known[spec.name] = spec
+        #: hook for metrics: called with each engine as it is created.
+        self.on_engine: list[object] = []
+
+    def names(self) -> list[str]:
+        return sorted(self._engines)
+
+    def engines(self) -> list[ModelEngine]:
+        return [self._engines[n] for n in sorted(self._engines)]
+
+    def known(self) -> dict[str, ModelSpec]:
+        return dict(self._known)
+
+    def get(self, name: str) -> ModelEngine:
+        engine = self._engines.get(name)
+        if engine is None:
+            raise ModelNotFound(f"model '{name[:200]}' is not loaded")
+        return engine
+
+    def has(self, name: str) -> bool:
+        return name in self._engines
+
+    @property
+    def ready(self) -> bool:
+        """Server readiness: not draining and every model that should be loaded is ready."""
+        if self.draining or not self._engines:
+            return False
+        return all(e.ready for e in self._engines.values())
+
+    @property
+    def live(self) -> bool:
+        return all(e.live for e in self._engines.values())
+
+    async def start_all(self) -> None:
+        for spec in self._known.values():
+            await self.load(spec)
+
+    async def load(self, spec: ModelSpec) -> ModelEngine:
+        if spec.name in self._engines:
+            return self._engines[spec.name]
+        engine = ModelEngine(spec, self.config)
+        for hook in self.on_engine:
+            hook(engine)  # type: ignore[operator]
+        self._engines[spec.name] = engine
+        self._known[spec.name] = spec
+        await engine.start()
+        return engine
+
+    async def unload(self, name: str, grace_s: float = 0.0) -> None:
+        engine = self._engines.pop(name, None)
+        if engine is None:
+            raise ModelNotFound(f"model '{name[:200]}' is not loaded")
+        self._known.pop(name, None)
+        await engine.stop(grace_s)
+
+    def spec_for(self, name: str) -> ModelSpec:
+        spec = self._known.get(name)
+        if spec is None:
+            raise ModelNotFound(f"model '{name[:200]}' is not in the repository")
+        return spec
+
+    def add_known(self, spec: ModelSpec) -> None:
+        if spec.name in self._known and spec.name in self._engines:
+            raise InvalidInput(f"model '{spec.name}' is already loaded")
+        self._known[spec.name] = spec
+
+    async def stop_all(self, grace_s: float = 0.0) -> None:
+        await asyncio.gather(*(e.stop(grace_s) for e in self._engines.values()))

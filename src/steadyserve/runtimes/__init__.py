@@ -1,0 +1,1 @@
+"""Built-in runtimes (models the server knows how to load)."""

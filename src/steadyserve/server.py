@@ -1,0 +1,90 @@
+"""Run the server: registry + HTTP (+ gRPC) on one event loop, graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from steadyserve.engine.client import EngineConfig
+from steadyserve.registry import Registry
+from steadyserve.settings import Settings
+from steadyserve.transport.context import ServerContext
+from steadyserve.transport.http import build_app
+
+log = logging.getLogger("steadyserve.server")
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        max_queue_size=settings.max_queue_size,
+        max_queue_tokens=settings.max_queue_tokens,
+        request_timeout_s=settings.request_timeout_s,
+        worker_load_timeout_s=settings.worker_load_timeout_s,
+        worker_hang_timeout_s=settings.worker_hang_timeout_s,
+        max_consecutive_crashes=settings.max_consecutive_crashes,
+        restart_backoff_s=settings.restart_backoff_s,
+        restart_backoff_max_s=settings.restart_backoff_max_s,
+    )
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server whose first SIGTERM/SIGINT drains: readiness and new requests turn 503,
+    in-flight requests get up to ``graceful_shutdown_s`` to finish, then the server exits 0.
+    A second signal exits at once."""
+
+    def __init__(self, config: uvicorn.Config, ctx: ServerContext) -> None:
+        super().__init__(config)
+        self.ctx = ctx
+        self._drain_started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_started or self._loop is None:
+            super().handle_exit(sig, frame)
+            return
+        self._drain_started = True
+        log.info("received %s: draining", signal.Signals(sig).name)
+        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
+
+    async def _drain(self) -> None:
+        registry = self.ctx.registry
+        registry.draining = True
+        for engine in registry.engines():
+            engine.draining = True
+        deadline = time.monotonic() + self.ctx.settings.graceful_shutdown_s
+        while time.monotonic() < deadline and any(e.in_flight for e in registry.engines()):
+            await asyncio.sleep(0.05)
+        left = sum(e.in_flight for e in registry.engines())
+        if left:
+            log.warning("grace period over with %d request(s) in flight", left)
+        self.should_exit = True
+
+
+def run(settings: Settings, specs: list[Any]) -> int:
+    registry = Registry(engine_config(settings), specs)
+    ctx = ServerContext(settings=settings, registry=registry)
+    app = build_app(ctx)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=max(1, int(settings.graceful_shutdown_s)),
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+        server_header=False,
+    )
+    server = DrainingServer(config, ctx)
+    asyncio.run(server.serve())
+    return 0 if server.started else 1

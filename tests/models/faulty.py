@@ -1,0 +1,83 @@
+"""A test model that misbehaves on chosen inputs, to prove failures stay local.
+
+predict instances (strings):
+  "raise"        -> ValueError (500 for that request only)
+  "bad-input"    -> InvalidInput (400)
+  "crash"        -> os._exit(13) (the worker dies: 503, restart)
+  "segfault"     -> SIGSEGV
+  "hang"         -> sleeps forever (hang detection kills the worker)
+  "oom"          -> allocates until MemoryError (run with a worker memory limit)
+  "sleep:S"      -> sleeps S seconds, then echoes
+  anything else  -> echoed back upper-cased
+generate: prompt text "raise-after:N" fails after N tokens, "crash-after:N" kills the worker,
+"slow" emits a token every 50 ms, otherwise emits max_tokens tokens then finishes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import steadyserve
+from steadyserve import GenerateRequest, TensorSpec, TokenDelta
+from steadyserve.errors import InvalidInput
+
+CALLS_FILE = os.environ.get("FAULTY_CALLS_FILE")
+
+
+class Faulty(steadyserve.Model):
+    inputs = [TensorSpec(name="text", datatype="BYTES", shape=[-1])]
+    outputs = [TensorSpec(name="output-0", datatype="BYTES", shape=[-1])]
+
+    def load(self) -> None:
+        delay = float(self.options.get("load_delay", 0) or os.environ.get("FAULTY_LOAD_DELAY", 0))
+        if delay:
+            time.sleep(delay)
+        if os.environ.get("FAULTY_FAIL_LOAD"):
+            raise RuntimeError("load failed on purpose")
+        self.batches: list[int] = []
+
+    def predict(self, instances: list[Any]) -> list[Any]:
+        if CALLS_FILE:
+            with open(CALLS_FILE, "a", encoding="utf-8") as fh:
+                fh.write(f"{len(instances)}\n")
+        out = []
+        for item in instances:
+            text = str(item)
+            if text == "raise":
+                raise ValueError("boom: the model raised on purpose")
+            if text == "bad-input":
+                raise InvalidInput("the model refused this input")
+            if text == "crash":
+                os._exit(13)
+            if text == "segfault":
+                ctypes.string_at(0)
+            if text == "hang":
+                while True:
+                    time.sleep(0.1)
+            if text == "oom":
+                hog = []
+                while True:
+                    hog.append(bytearray(64 * 1024 * 1024))
+            if text.startswith("sleep:"):
+                time.sleep(float(text.split(":", 1)[1]))
+                out.append(text)
+                continue
+            out.append(text.upper())
+        return out
+
+    def generate(self, request: GenerateRequest) -> Iterator[TokenDelta]:
+        prompt = request.prompt or ""
+        n = request.params.max_tokens
+        for i in range(n):
+            if prompt.startswith("raise-after:") and i >= int(prompt.split(":")[1]):
+                raise RuntimeError("generation failed on purpose")
+            if prompt.startswith("crash-after:") and i >= int(prompt.split(":")[1]):
+                os._exit(14)
+            if prompt == "slow":
+                time.sleep(0.05)
+            last = i == n - 1
+            yield TokenDelta(token_ids=[i], text=f"t{i} ", finish_reason="length" if last else None)
