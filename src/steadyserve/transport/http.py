@@ -77,7 +77,14 @@ def error_response(request: Request, exc: BaseException) -> Response:
 
 def build_app(ctx: ServerContext) -> FastAPI:
     """The whole HTTP surface for one server context."""
-    from steadyserve.transport import routes_admin, routes_v1, routes_v2
+    from steadyserve.transport import (
+        middleware,
+        routes_admin,
+        routes_openai,
+        routes_repository,
+        routes_v1,
+        routes_v2,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -111,10 +118,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
     app.include_router(routes_v1.build_router(ctx))
     app.include_router(routes_v2.build_router(ctx))
     app.include_router(routes_admin.build_router(ctx))
-    try:
-        from steadyserve.transport import routes_openai
-    except ImportError:  # pragma: no cover - during bring-up only
-        routes_openai = None  # type: ignore[assignment]
-    if routes_openai is not None:
-        app.include_router(routes_openai.build_router(ctx))
+    app.include_router(routes_openai.build_router(ctx))
+    app.include_router(routes_repository.build_router(ctx))
+    middleware.install(app, ctx)
     return app
