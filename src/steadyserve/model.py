@@ -98,7 +98,9 @@ class Model:
         return instances
 
     def predict(self, inputs: Any) -> Any:
-        """Return one output per instance, in order."""
+        """Return one output per instance, in order. Declare ``predict(self, inputs,
+        parameters)`` to also receive the request's ``parameters`` (requests are then batched
+        together only when their parameters are equal)."""
         raise NotImplementedError
 
     def postprocess(self, outputs: Any) -> Any:

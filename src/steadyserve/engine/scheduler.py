@@ -9,6 +9,7 @@ that raises alone fails.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import queue
@@ -157,6 +158,7 @@ class Scheduler:
         if "generate" in caps:
             self.engine = model.generation_engine() or IteratorEngine(model)
         self.infer_override = model._overrides("infer")
+        self.predict_takes_parameters = _accepts_parameters(model.predict)
         self.last_heartbeat = 0.0
 
     # ---- I/O -----------------------------------------------------------------------------
@@ -341,7 +343,10 @@ class Scheduler:
             instances.extend(job.data)
         model = self.model
         x = call_maybe_async(self.loop, model.preprocess, instances)
-        y = call_maybe_async(self.loop, model.predict, x)
+        if self.predict_takes_parameters:
+            y = call_maybe_async(self.loop, model.predict, x, _parameters(batch[0]))
+        else:
+            y = call_maybe_async(self.loop, model.predict, x)
         y = call_maybe_async(self.loop, model.postprocess, y)
         y = list(y) if not isinstance(y, list) else y
         if len(y) != len(instances):
@@ -436,6 +441,26 @@ class Scheduler:
             items.append((rid, item))
         if items:
             self.channel.send(Deltas(items=items))
+
+
+def _accepts_parameters(fn: Any) -> bool:
+    """``predict(self, inputs, parameters)``: the request's parameters are passed too (requests
+    are only batched together when their parameters are equal)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def _parameters(job: Job) -> dict[str, Any]:
+    msg = job.msg
+    if msg.predict is not None:
+        return dict(msg.predict.parameters)
+    if msg.infer is not None:
+        return dict(msg.infer.parameters)
+    return {}
 
 
 # ---- V2 tensors ⇄ predict instances --------------------------------------------------------
