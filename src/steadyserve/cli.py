@@ -118,6 +118,9 @@ def model_specs(settings: Settings) -> list[Any]:
 
         return scan_repository(settings.model_repository, common)
     if settings.model_class is not None:
+        target = settings.model_class.rpartition(":")[0]
+        if (target.endswith(".py") or os.sep in target) and not os.path.isfile(target):
+            raise ConfigError(f"invalid --model_class={settings.model_class!r}: {target} not found")
         model_dir = resolve_model_dir(settings)
         name = settings.model_name or "model"
         return [ModelSpec(name=name, kind="custom", model_class=settings.model_class,

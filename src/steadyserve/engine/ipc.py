@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from typing import Any, Union
 
 import msgspec
@@ -149,13 +150,26 @@ class BlockingChannel:
     def _read_exact(self, n: int) -> bytes:
         chunks = []
         while n:
-            chunk = self._sock.recv(min(n, 1 << 20))
+            chunk = _oom_retry(self._sock.recv, min(n, 1 << 20))
             if not chunk:
                 raise EOFError("server closed the channel")
             chunks.append(chunk)
             n -= len(chunk)
-        return b"".join(chunks)
+        return _oom_retry(b"".join, chunks)
 
     def recv(self) -> ToWorker:
         length = parse_header(self._read_exact(_HEADER.size))
-        return to_worker_decoder.decode(self._read_exact(length))
+        body = self._read_exact(length)
+        return _oom_retry(to_worker_decoder.decode, body)  # type: ignore[no-any-return]
+
+
+def _oom_retry(fn: Any, *args: Any, attempts: int = 500) -> Any:
+    """Retry an allocation that failed because the model (on another thread) is exhausting the
+    worker's memory limit: the model's MemoryError fails its request and frees the memory; the
+    IPC reader must not die meanwhile. Each step is retried whole, so no bytes are lost."""
+    for _ in range(attempts - 1):
+        try:
+            return fn(*args)
+        except MemoryError:
+            time.sleep(0.01)
+    return fn(*args)

@@ -18,7 +18,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -137,11 +137,6 @@ class IteratorEngine:
         return {"running": len(self.running)}
 
 
-@dataclass
-class _Inbox:
-    q: queue.Queue[Submit | Abort | Shutdown | None] = field(default_factory=queue.Queue)
-
-
 class Scheduler:
     def __init__(self, model: Model, spec: ModelSpec, channel: BlockingChannel, loop: Any) -> None:
         self.model = model
@@ -153,6 +148,8 @@ class Scheduler:
         self.gen_waiting: deque[Job] = deque()
         self.gen_running: dict[int, Job] = {}
         self.stopping = False
+        #: ids aborted while their batch was running (skipped when a batch is re-run alone)
+        self.aborted: set[int] = set()
         self.engine: GenerationEngine | None = None
         caps = model.capabilities()
         if "generate" in caps:
@@ -244,6 +241,9 @@ class Scheduler:
             self.stopping = True
 
     def _abort(self, rid: int) -> None:
+        self.aborted.add(rid)
+        if len(self.aborted) > 10_000:
+            self.aborted.clear()
         for q in (self.pending, self.gen_waiting):
             for job in list(q):
                 if job.msg.id == rid:
@@ -315,6 +315,7 @@ class Scheduler:
 
     def _execute(self, batch: list[Job]) -> None:
         kind = batch[0].msg.kind
+        failure: SteadyError | None = None
         try:
             if kind == "infer" and batch[0].group[0] == "infer-solo":
                 results = [self._infer_solo(batch[0])]
@@ -322,20 +323,31 @@ class Scheduler:
                 results = self._embed(batch)
             else:
                 results = self._predict(batch)
+        except (KeyboardInterrupt, SystemExit):
+            raise
         except BaseException as exc:  # noqa: BLE001 - isolate, then fail only the culprit
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
             if len(batch) == 1:
                 log.debug("request failed:\n%s", traceback.format_exc())
-                self._fail(batch[0], exc)
-            else:
-                log.info("batch of %d failed (%s); re-running alone", len(batch), exc)
-                for job in batch:
-                    self._drain_inbox(0)  # honour aborts that arrived meanwhile
-                    self._execute([job])
+            failure = as_error(exc)
+            # Leave the except block before re-running: the traceback pins the failed call's
+            # frames (e.g. the memory a MemoryError was raised over) until it is cleared.
+            del exc
+        if failure is not None:
+            if len(batch) == 1:
+                self._fail(batch[0], failure)
+                return
+            log.info("batch of %d failed (%s); re-running alone", len(batch), failure.message)
+            for job in batch:
+                self._drain_inbox(0)  # honour aborts that arrived meanwhile
+                if any(job is j for j in self._aborted_jobs(batch)):
+                    continue
+                self._execute([job])
             return
-        for job, result in zip(batch, results, strict=True):
+        for result in results:
             self.channel.send(result)
+
+    def _aborted_jobs(self, batch: list[Job]) -> list[Job]:
+        return [j for j in batch if j.msg.id in self.aborted]
 
     def _predict(self, batch: list[Job]) -> list[Result]:
         instances: list[Any] = []

@@ -26,7 +26,9 @@ def decode_predict_request(body: Any) -> PredictRequest:
         raise InvalidInput(f"'{key}' must be a non-empty list")
     if len(instances) > MAX_INSTANCES:
         raise InvalidInput(f"at most {MAX_INSTANCES} instances per request")
-    parameters = body.get("parameters") or {}
+    parameters = body.get("parameters", {})
+    if parameters is None:
+        parameters = {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be an object")
     return PredictRequest(instances=instances, parameters=parameters)

@@ -98,11 +98,12 @@ def tensor_from_values(
     else:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
             raise InvalidInput(f"input '{name}': {datatype} elements must be numbers")
+    if dtype.kind == "f" and flat:
+        wide = np.asarray(flat, dtype=np.float64)
+        finite = wide[np.isfinite(wide)]
+        if finite.size and np.abs(finite).max() > np.finfo(dtype).max:
+            raise InvalidInput(f"input '{name}': value out of range for {datatype}")
     arr = np.asarray(flat, dtype=dtype) if flat else np.zeros(0, dtype=dtype)
-    if dtype.kind == "f" and flat and not np.all(np.isfinite(arr)) and np.all(
-        np.isfinite(np.asarray(flat, dtype=np.float64))
-    ):
-        raise InvalidInput(f"input '{name}': value out of range for {datatype}")
     return Tensor(
         name=name, datatype=datatype, shape=shape, data=arr.tobytes(), parameters=parameters or {}
     )
@@ -120,7 +121,9 @@ def decode_infer_request(body: Any, binary_inputs: dict[str, bytes] | None = Non
         raise InvalidInput("'inputs' must be a non-empty list")
     if len(inputs) > MAX_TENSORS:
         raise InvalidInput(f"at most {MAX_TENSORS} inputs")
-    parameters = body.get("parameters") or {}
+    parameters = body.get("parameters", {})
+    if parameters is None:
+        parameters = {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be an object")
     request_id = body.get("id")

@@ -1,0 +1,81 @@
+"""Start-up: configuration fails early (exit 2, one line), every PROTOCOL_VERSION works."""
+
+from __future__ import annotations
+
+import pytest
+
+from steadyserve.settings import ENV_ONLY, ENV_VARS, Settings
+from tests.helpers import EXAMPLE, ServerProcess, free_port, run_cli
+
+
+def _one_line(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("value", ["v3", "None", "http"])
+def test_invalid_protocol_version_exits_2_before_any_port(value: str) -> None:
+    port = free_port()
+    result = run_cli("serve", "--model_class", EXAMPLE, "--http_port", str(port),
+                     env={"PROTOCOL_VERSION": value})
+    assert result.returncode == 2
+    line = _one_line(result.stderr)
+    assert "PROTOCOL_VERSION" in line and repr(value) in line and "v1, v2, grpc-v2" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["serve", "--model_nmae", "x"], "--model_nmae"),
+        (["serve", "--model_name", "x", "--bogus"], "--bogus"),
+        (["--model_name", "x", "--http-port", "1"], "--http-port"),
+        (["serve", "--http_port", "notanumber"], "--http_port"),
+        (["serve", "--enable_grpc", "maybe"], "maybe"),
+        (["serve", "--model_dir", "/definitely/not/here"], "/definitely/not/here"),
+        (["serve", "--model_class", "examples/nope.py"], "--model_class"),
+        (["serve", "--model_class", "examples/nope.py:Model"], "examples/nope.py"),
+    ],
+)
+def test_bad_flags_exit_2_naming_them(args: list[str], needle: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert needle in _one_line(result.stderr)
+
+
+def test_missing_storage_uri_dir_names_the_path() -> None:
+    result = run_cli("serve", env={"STORAGE_URI": "file:///no/such/model"})
+    assert result.returncode == 2
+    assert "/no/such/model" in _one_line(result.stderr)
+
+
+def test_help_documents_every_flag_and_env_var() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for field in Settings.model_fields:
+        if field not in ENV_ONLY:
+            assert f"--{field}" in text, field
+    for field, var in ENV_VARS.items():
+        assert var in text, var
+
+
+def test_kserve_style_args_without_subcommand_serve() -> None:
+    # KServe passes only args; the sub-command is implied.
+    result = run_cli("--model_name", "x", "--unknown_flag")
+    assert result.returncode == 2
+    assert "--unknown_flag" in result.stderr
+
+
+@pytest.mark.parametrize("value", [None, "", "v1", "v2", "grpc-v2"])
+def test_every_protocol_version_serves(value: str | None) -> None:
+    env = {} if value is None else {"PROTOCOL_VERSION": value}
+    args = ["--model_class", EXAMPLE, "--model_name", "scaler"]
+    if value == "grpc-v2":
+        args += ["--grpc_port", str(free_port())]
+    with ServerProcess(*args, env=env) as srv, srv.client() as c:
+        r = c.post("/v1/models/scaler:predict", json={"instances": [[1.0]]})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"predictions": [[2.0]]}
+        assert "None is not a valid" not in srv.logs()

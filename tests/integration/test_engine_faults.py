@@ -1,0 +1,201 @@
+"""Fault injection: a model that raises, crashes, segfaults, hangs or runs out of memory on chosen
+inputs, next to good requests under concurrency. Every good request succeeds (or, if it shared a
+dying worker, gets a fast 503), every bad one gets its status, nothing hangs, readiness tells the
+truth, and the server serves normally afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import FAULTY, ServerProcess, wait_for
+
+FAST = [
+    "--model_class", FAULTY, "--model_name", "faulty",
+    "--worker_hang_timeout_s", "4", "--restart_backoff_s", "0.1",
+    "--max_batch_wait_ms", "30", "--worker_memory_limit_mb", "512",
+]
+
+
+def predict(url: str, item: str, timeout: float = 20, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/models/faulty:predict", json={"instances": [item]}, timeout=timeout,
+        headers=headers or {},
+    )
+
+
+@pytest.fixture(scope="module")
+def calls_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("faulty") / "calls.txt"
+
+
+@pytest.fixture(scope="module")
+def server(calls_file: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(*FAST, env={"FAULTY_CALLS_FILE": str(calls_file)}) as srv:
+        yield srv
+
+
+def ready(srv: ServerProcess) -> int:
+    return httpx.get(srv.url + "/v2/health/ready", timeout=5).status_code
+
+
+def assert_serving(srv: ServerProcess) -> None:
+    srv.wait_until_ready(30)
+    r = predict(srv.url, "ok")
+    assert r.status_code == 200 and r.json() == {"predictions": ["OK"]}
+
+
+def test_exception_in_a_batch_fails_only_the_culprit(server: ServerProcess, calls_file: Path) -> None:
+    calls_file.write_text("")
+    items = [f"good{i}" for i in range(24)]
+    items[5] = items[17] = "raise"
+    items[11] = "bad-input"
+    with ThreadPoolExecutor(len(items)) as pool:
+        responses = list(pool.map(lambda it: predict(server.url, it), items))
+    for item, r in zip(items, responses, strict=True):
+        if item == "raise":
+            assert r.status_code == 500
+            assert "boom" in r.json()["error"] and "Traceback" not in r.text
+        elif item == "bad-input":
+            assert r.status_code == 400 and "refused" in r.json()["error"]
+        else:
+            assert r.status_code == 200, r.text
+            assert r.json() == {"predictions": [item.upper()]}
+    sizes = [int(x) for x in calls_file.read_text().split()]
+    assert max(sizes) > 1, f"requests were never batched: {sizes}"
+    assert server.debug()["models"]["faulty"]["restarts"] == 0
+    assert_serving(server)
+
+
+@pytest.mark.parametrize("culprit", ["crash", "segfault"])
+def test_worker_death_fails_in_flight_fast_and_recovers(server: ServerProcess, culprit: str) -> None:
+    before = server.debug()["models"]["faulty"]["restarts"]
+    items = ["sleep:0.3"] * 6 + [culprit] + ["ok"] * 5
+    results: dict[int, tuple[int, float]] = {}
+
+    def go(i: int, item: str) -> None:
+        t0 = time.monotonic()
+        r = predict(server.url, item)
+        results[i] = (r.status_code, time.monotonic() - t0)
+        if r.status_code == 503:
+            assert "Retry-After" in r.headers and "Traceback" not in r.text
+
+    threads = [threading.Thread(target=go, args=(i, it)) for i, it in enumerate(items)]
+    for t in threads:
+        t.start()
+    # readiness must turn 503 while the worker restarts
+    saw_unready = False
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not saw_unready:
+        saw_unready = ready(server) == 503
+        time.sleep(0.01)
+    for t in threads:
+        t.join(timeout=20)
+    assert len(results) == len(items), "a request never completed"
+    status, elapsed = results[items.index(culprit)]
+    assert status == 503 and elapsed < 5
+    for i, (code, took) in results.items():
+        assert code in (200, 503), (items[i], code)
+        assert took < 10
+    assert saw_unready, "readiness stayed green while the worker was down"
+    assert_serving(server)
+    stats = server.debug()["models"]["faulty"]
+    assert stats["restarts"] == before + 1
+    assert stats["in_flight"] == 0
+
+
+def test_hang_is_detected_and_worker_restarted(server: ServerProcess) -> None:
+    before = server.debug()["models"]["faulty"]["restarts"]
+    t0 = time.monotonic()
+    r = predict(server.url, "hang", timeout=30)
+    took = time.monotonic() - t0
+    assert r.status_code == 503 and took < 10, (r.status_code, took)
+    assert_serving(server)
+    assert server.debug()["models"]["faulty"]["restarts"] == before + 1
+
+
+def test_out_of_memory_fails_only_that_request(server: ServerProcess) -> None:
+    before = server.debug()["models"]["faulty"]["restarts"]
+    with ThreadPoolExecutor(4) as pool:
+        oom = pool.submit(predict, server.url, "oom")
+        goods = [pool.submit(predict, server.url, f"g{i}") for i in range(3)]
+        r = oom.result()
+        assert r.status_code == 500 and "memory" in r.json()["error"]
+        for g in goods:
+            assert g.result().status_code == 200
+    assert server.debug()["models"]["faulty"]["restarts"] == before
+    assert_serving(server)
+
+
+def test_deadline_gives_504_and_expired_queued_work_is_dropped(
+    server: ServerProcess, calls_file: Path
+) -> None:
+    t0 = time.monotonic()
+    r = predict(server.url, "sleep:1.5", headers={"X-Request-Timeout": "0.3"})
+    assert r.status_code == 504 and time.monotonic() - t0 < 1.2
+    # the worker is still busy with the sleep; a queued request whose deadline passes while
+    # it waits must be dropped, not run later
+    calls_file.write_text("")
+    r = predict(server.url, "never-run", headers={"X-Request-Timeout": "0.2"})
+    assert r.status_code == 504
+    time.sleep(1.5)
+    assert_serving(server)
+    assert "never-run" not in calls_file.read_text()
+
+
+def test_client_disconnect_cancels_the_request(server: ServerProcess) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        predict(server.url, "sleep:3", timeout=0.3)
+    # the engine forgets it at once (not after the 3 s sleep)
+    wait_for(lambda: server.debug()["models"]["faulty"]["in_flight"] == 0, timeout=1.0)
+    time.sleep(3)
+    assert_serving(server)
+
+
+def test_queue_full_is_429_with_retry_after() -> None:
+    with ServerProcess(*FAST, "--max_queue_size", "3") as srv, ThreadPoolExecutor(3) as pool:
+        busy = [pool.submit(predict, srv.url, "sleep:1.5") for _ in range(3)]
+        wait_for(lambda: srv.debug()["models"]["faulty"]["in_flight"] == 3, timeout=5)
+        t0 = time.monotonic()
+        r = predict(srv.url, "ok")
+        assert r.status_code == 429 and time.monotonic() - t0 < 0.5
+        assert int(r.headers["Retry-After"]) >= 1
+        assert all(f.result().status_code == 200 for f in busy)
+        assert_serving(srv)
+
+
+def test_crash_loop_fails_liveness() -> None:
+    args = [a for a in FAST if a != "--restart_backoff_s" and a != "0.1"]
+    with ServerProcess(
+        *args, "--restart_backoff_s", "0.05", "--restart_backoff_max_s", "0.2",
+        "--max_consecutive_crashes", "3",
+        env={"FAULTY_FAIL_LOAD": "1"}, wait_ready=False,
+    ) as srv:
+        srv.wait_until_ready(30, path="/")  # HTTP is up even though the model never loads
+        assert ready(srv) == 503
+        r = wait_for(lambda: (x := predict(srv.url, "ok")).status_code == 503
+                     and "load failed" in x.json()["error"] and x, timeout=10)
+        assert "Retry-After" in r.headers
+        wait_for(lambda: httpx.get(srv.url + "/v2/health/live").status_code == 503, timeout=20)
+        assert srv.proc is not None and srv.proc.poll() is None  # the HTTP process stays up
+
+
+def test_sigterm_drains_then_exits_zero() -> None:
+    with ServerProcess(*FAST) as srv, ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(predict, srv.url, "sleep:1.5")
+        wait_for(lambda: srv.debug()["models"]["faulty"]["in_flight"] == 1, timeout=5)
+        assert srv.proc is not None
+        os.kill(srv.proc.pid, signal.SIGTERM)
+        wait_for(lambda: ready(srv) == 503, timeout=2)
+        r = predict(srv.url, "late")
+        assert r.status_code == 503 and "Retry-After" in r.headers
+        assert slow.result().status_code == 200  # in-flight work finished
+        assert srv.proc.wait(timeout=15) == 0

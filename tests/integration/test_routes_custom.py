@@ -1,0 +1,108 @@
+"""Every V1/V2 route against the example custom model: good paths, every error path, and a good
+request right after each error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.helpers import EXAMPLE, ServerProcess
+
+GOOD_V2 = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3, 4]}]}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with ServerProcess("--model_class", EXAMPLE, "--model_name", "scaler") as srv:
+        yield srv
+
+
+@pytest.fixture()
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
+
+
+def assert_good(client: httpx.Client) -> None:
+    r = client.post("/v1/models/scaler:predict", json={"instances": [[1, 2]]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": [[2.0, 4.0]]}
+    r = client.post("/v2/models/scaler/infer", json=GOOD_V2)
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
+
+
+def test_health_and_metadata(client: httpx.Client) -> None:
+    assert client.get("/").json() == {"status": "alive"}
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    meta = client.get("/v2").json()
+    assert meta["name"] == "steadyserve" and "extensions" in meta
+    assert client.get("/v1/models").json()["models"] == ["scaler"]
+    status = client.get("/v1/models/scaler")
+    assert status.status_code == 200 and status.json()["ready"] is True
+    for path in ("/v2/models/scaler", "/v2/models/scaler/versions/1"):
+        m = client.get(path).json()
+        assert m["name"] == "scaler"
+        assert m["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, -1]}]
+        assert m["outputs"][0]["name"] == "y"
+    for path in ("/v2/models/scaler/ready", "/v2/models/scaler/versions/1/ready"):
+        assert client.get(path).json() == {"name": "scaler", "ready": True}
+
+
+def test_predict_and_infer(client: httpx.Client) -> None:
+    assert_good(client)
+    r = client.post("/v2/models/scaler/versions/1/infer", json={**GOOD_V2, "id": "abc"})
+    assert r.status_code == 200
+    assert r.json()["id"] == "abc"
+    assert r.json()["model_version"] == "1"
+    r = client.post(
+        "/v2/models/scaler/infer", json={**GOOD_V2, "outputs": [{"name": "y"}]}
+    )
+    assert r.status_code == 200 and [o["name"] for o in r.json()["outputs"]] == ["y"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "needle"),
+    [
+        ("post", "/v1/models/scaler:predict", {"content": b"{not json"}, 400, "not valid JSON"),
+        ("post", "/v1/models/scaler:predict", {"content": b""}, 400, "empty"),
+        ("post", "/v1/models/scaler:predict", {"json": {"instances": []}}, 400, "non-empty"),
+        ("post", "/v1/models/scaler:predict", {"json": {"wrong": 1}}, 400, "instances"),
+        ("post", "/v1/models/scaler:predict", {"json": {"instances": ["a"]}}, 500, "ValueError"),
+        ("post", "/v1/models/nope:predict", {"json": {"instances": [1]}}, 404, "nope"),
+        ("get", "/v1/models/nope", {}, 404, "nope"),
+        ("post", "/v2/models/scaler/infer", {"content": b"[1,"}, 400, "JSON"),
+        ("post", "/v2/models/scaler/infer", {"json": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1]}]}}, 400, "elements"),
+        ("post", "/v2/models/scaler/infer", {"json": {"inputs": [{"name": "q", "datatype": "FP32", "shape": [1, 1], "data": [1]}]}}, 400, "unknown input"),
+        ("post", "/v2/models/scaler/infer", {"json": {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 1], "data": [1]}]}}, 400, "datatype"),
+        ("post", "/v2/models/scaler/infer", {"json": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}]}}, 400, "shape"),
+        ("post", "/v2/models/nope/infer", {"json": GOOD_V2}, 404, "nope"),
+        ("get", "/v2/models/nope", {}, 404, "nope"),
+        ("get", "/v2/models/nope/ready", {}, 404, "nope"),
+        ("get", "/no/such/route", {}, 404, "no route"),
+        ("post", "/v1/models/scaler:predict", {"json": {"instances": [1]}, "headers": {"x-request-timeout": "abc"}}, 400, "timeout"),
+        ("post", "/v1/models/scaler:predict", {"json": {"instances": [1]}, "headers": {"x-request-timeout": "-1"}}, 400, "timeout"),
+    ],
+)
+def test_errors_then_good(
+    client: httpx.Client, method: str, path: str, kwargs: dict, status: int, needle: str  # type: ignore[type-arg]
+) -> None:
+    r = getattr(client, method)(path, **kwargs)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert isinstance(error, str) and needle in error
+    assert "Traceback" not in r.text
+    assert_good(client)
+
+
+def test_chat_on_a_predict_model_is_refused_at_the_edge(client: httpx.Client) -> None:
+    r = client.post(
+        "/openai/v1/chat/completions",
+        json={"model": "scaler", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert 400 <= r.status_code < 500, r.text
+    assert r.status_code != 200
+    assert_good(client)
