@@ -162,7 +162,9 @@ def test_client_disconnect_cancels_the_request(server: ServerProcess) -> None:
 
 def test_queue_full_is_429_with_retry_after() -> None:
     with ServerProcess(*FAST, "--max_queue_size", "3") as srv, ThreadPoolExecutor(3) as pool:
-        busy = [pool.submit(predict, srv.url, "sleep:1.5") for _ in range(3)]
+        # (3 x 0.8 s in one batch stays under the 4 s hang timeout: the hang timeout bounds
+        # the time one batch may run without progress)
+        busy = [pool.submit(predict, srv.url, "sleep:0.8") for _ in range(3)]
         wait_for(lambda: srv.debug()["models"]["faulty"]["in_flight"] == 3, timeout=5)
         t0 = time.monotonic()
         r = predict(srv.url, "ok")

@@ -107,6 +107,7 @@ class ModelEngine:
         #: set on SIGTERM: readiness fails and new requests get 503 while in-flight ones finish.
         self.draining = False
         self._served_since_start = 0
+        self._load_error: str | None = None
         #: observers (metrics): called with (event, **fields)
         self.listeners: list[Any] = []
 
@@ -238,6 +239,9 @@ class ModelEngine:
             self._writer = None
             if self._stopping:
                 break
+            if self._load_error is not None:
+                outcome = f"load failed: {self._load_error}"
+                self._load_error = None
             self.last_error = outcome
             self.state = State.RESTARTING if was_ready else State.FAILED
             self._fail_all(
@@ -334,8 +338,8 @@ class ModelEngine:
             log.info("model %s is ready (%s)", self.name, ", ".join(msg.info.capabilities))
             self._emit("ready")
         elif isinstance(msg, ipc.LoadFailed):
-            self.last_error = f"load failed: {msg.message}"
-            log.error("model %s: %s", self.name, self.last_error)
+            self._load_error = msg.message
+            log.error("model %s: load failed: %s", self.name, msg.message)
         elif isinstance(msg, ipc.Progress):
             log.info("model %s: %s", self.name, msg.message)
 
@@ -482,12 +486,12 @@ class ModelEngine:
                 self._abort(rid)
 
     def require_ready_info(self) -> ModelInfo:
-        """Model metadata for edge validation; 503 while the model is not loaded."""
-        if self.info is None or self.state not in (State.READY,):
-            if self.info is not None and self.state == State.RESTARTING:
-                raise ServiceUnavailable(f"model {self.name} is restarting", retry_after=1)
+        """Model metadata for edge validation; 503 (with the reason) while not ready."""
+        if self.info is None or not self.ready:
+            if self.draining or self.state in (State.STOPPING, State.STOPPED):
+                raise ServiceUnavailable(f"model {self.name} is not serving", retry_after=5)
+            detail = f" ({self.last_error})" if self.last_error else ""
             raise ServiceUnavailable(
-                f"model {self.name} is not ready: {self.state}", retry_after=1
+                f"model {self.name} is not ready: {self.state}{detail}", retry_after=1
             )
         return self.info
-
