@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,9 @@ class ServerProcess:
         self.ready_timeout = ready_timeout
         self.wait_ready = wait_ready
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.NamedTemporaryFile(prefix="steadyserve-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in __exit__
+            prefix="steadyserve-", suffix=".log", delete=False
+        )
         self.url = f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> ServerProcess:

@@ -371,14 +371,18 @@ class ModelEngine:
         for rid in list(self._pending):
             self._finish(rid, error)
 
-    def _abort(self, rid: int) -> None:
-        """The caller left (cancelled, deadline): end the request and tell the worker."""
-        if self._pending.pop(rid, None) is not None:
-            self._emit("aborted")
-            if self._writer is not None and not self._writer.is_closing():
-                with contextlib.suppress(Exception):
-                    self._writer.write(ipc.frame(ipc.Abort(id=rid)))
-        self._queued_tokens = sum(p.tokens for p in self._pending.values())
+    def _abort(self, rid: int, event: str = "aborted") -> bool:
+        """The caller left (cancelled, deadline): end the request and tell the worker to drop
+        it. Returns False if the request had already ended."""
+        pending = self._pending.pop(rid, None)
+        if pending is None:
+            return False
+        self._queued_tokens -= pending.tokens
+        self._emit(event)
+        if self._writer is not None and not self._writer.is_closing():
+            with contextlib.suppress(Exception):
+                self._writer.write(ipc.frame(ipc.Abort(id=rid)))
+        return True
 
     # ---- admission -----------------------------------------------------------------------
     def _admit(self, kind: str, tokens: int) -> int:
@@ -423,9 +427,7 @@ class ModelEngine:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(future)
         except TimeoutError:
-            if self._finish(rid, DeadlineExceeded("deadline exceeded")):
-                self._emit("expired")
-            self._abort(rid)
+            self._abort(rid, "expired")
             raise DeadlineExceeded(f"request did not complete within {timeout:.3g}s") from None
         finally:
             if rid in self._pending:  # cancelled by the caller (client disconnected)
@@ -470,9 +472,7 @@ class ModelEngine:
                     async with asyncio.timeout(max(remaining, 0)):
                         item = await queue.get()
                 except TimeoutError:
-                    if self._finish(rid, DeadlineExceeded("deadline exceeded")):
-                        self._emit("expired")
-                    self._abort(rid)
+                    self._abort(rid, "expired")
                     raise DeadlineExceeded(
                         f"generation did not complete within {timeout:.3g}s"
                     ) from None

@@ -34,6 +34,7 @@ from steadyserve.engine.ipc import (
     Result,
     Shutdown,
     Submit,
+    ToWorker,
 )
 from steadyserve.engine.worker import call_maybe_async
 from steadyserve.errors import DeadlineExceeded, InvalidInput, ModelError, SteadyError, bounded
@@ -143,7 +144,7 @@ class Scheduler:
         self.spec = spec
         self.channel = channel
         self.loop = loop
-        self.inbox: queue.Queue[Submit | Abort | Shutdown | None] = queue.Queue()
+        self.inbox: queue.Queue[ToWorker | None] = queue.Queue()
         self.pending: deque[Job] = deque()  # predict / infer / embed
         self.gen_waiting: deque[Job] = deque()
         self.gen_running: dict[int, Job] = {}
@@ -218,7 +219,7 @@ class Scheduler:
             except queue.Empty:
                 return
 
-    def _handle(self, msg: Submit | Abort | Shutdown | None) -> None:
+    def _handle(self, msg: ToWorker | None) -> None:
         if isinstance(msg, Submit):
             now = time.monotonic()
             deadline = now + msg.timeout_s if msg.timeout_s is not None else None

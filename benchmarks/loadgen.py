@@ -1,0 +1,106 @@
+"""A small closed-loop HTTP load generator (httpx + asyncio), bounded in count and time.
+
+``concurrency`` clients each send requests back to back until ``total`` requests were sent or
+``duration_s`` passed. Only loopback targets are meant here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed: float = 0.0
+    payload: list[Any] = field(default_factory=list)
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.elapsed if self.elapsed else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        data = sorted(self.latencies)
+        return data[min(len(data) - 1, int(q * len(data)))]
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies) if self.latencies else float("nan")
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "concurrency": self.concurrency,
+            "requests": self.ok,
+            "errors": self.errors,
+            "rps": round(self.rps, 2),
+            "p50_ms": round(self.p50 * 1000, 1),
+            "p99_ms": round(self.pct(0.99) * 1000, 1),
+        }
+
+
+async def run_load(
+    url: str,
+    make_body: Callable[[int], dict[str, Any]],
+    *,
+    concurrency: int,
+    total: int,
+    duration_s: float = 60.0,
+    on_response: Callable[[httpx.Response], Any] | None = None,
+    timeout: float = 120.0,
+) -> LoadResult:
+    """POST JSON bodies to ``url`` from ``concurrency`` closed-loop clients."""
+    result = LoadResult(concurrency=concurrency)
+    counter = iter(range(total))
+    stop_at = time.monotonic() + duration_s
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+
+        async def worker() -> None:
+            for i in counter:
+                if time.monotonic() > stop_at:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    resp = await client.post(url, json=make_body(i))
+                except httpx.HTTPError:
+                    result.errors += 1
+                    continue
+                took = time.perf_counter() - t0
+                if resp.status_code == 200:
+                    result.latencies.append(took)
+                    if on_response is not None:
+                        result.payload.append(on_response(resp))
+                else:
+                    result.errors += 1
+
+        t_start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.elapsed = time.perf_counter() - t_start
+    return result
+
+
+def print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    print(f"\n{title}")
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
+    print("  ".join(k.rjust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(str(r.get(k, "")).rjust(widths[k]) for k in keys))
