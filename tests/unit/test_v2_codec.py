@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from steadyserve.engine.scheduler import infer_to_instances, predictions_to_infer
+from steadyserve.engine.bridge import infer_to_instances, predictions_to_infer
 from steadyserve.errors import InvalidInput
 from steadyserve.model import Model
 from steadyserve.protocol import v1, v2

@@ -16,21 +16,18 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from steadyserve.engine import ipc
+from steadyserve.engine.supervisor import EngineConfig, State, WorkerSupervisor
 from steadyserve.errors import (
     DeadlineExceeded,
     QueueFull,
     ServiceUnavailable,
     SteadyError,
-    WorkerCrashed,
     from_kind,
 )
 from steadyserve.types import (
@@ -48,21 +45,6 @@ from steadyserve.types import (
 log = logging.getLogger("steadyserve.engine")
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    """The engine-relevant subset of Settings (kept separate so the engine does not import
-    the transport's settings)."""
-
-    max_queue_size: int = 256
-    max_queue_tokens: int = 1_048_576
-    request_timeout_s: float = 600.0
-    worker_load_timeout_s: float = 900.0
-    worker_hang_timeout_s: float = 60.0
-    max_consecutive_crashes: int = 5
-    restart_backoff_s: float = 0.5
-    restart_backoff_max_s: float = 30.0
-
-
 @dataclass
 class _Pending:
     kind: str
@@ -72,16 +54,7 @@ class _Pending:
     started: float = field(default_factory=time.monotonic)
 
 
-class State:
-    STARTING = "starting"
-    READY = "ready"
-    RESTARTING = "restarting"
-    FAILED = "failed"  # load failed; retrying with backoff
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-class ModelEngine:
+class ModelEngine(WorkerSupervisor):
     """One model: its worker process, its admission queue, its readiness."""
 
     def __init__(self, spec: ipc.ModelSpec, config: EngineConfig) -> None:
@@ -97,13 +70,7 @@ class ModelEngine:
         self._pending: dict[int, _Pending] = {}
         self._queued_tokens = 0
         self._ids = itertools.count(1)
-        self._proc: asyncio.subprocess.Process | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._ready_event = asyncio.Event()
-        self._last_message = time.monotonic()
-        self._stopping = False
+        self._init_supervision()
         #: set on SIGTERM: readiness fails and new requests get 503 while in-flight ones finish.
         self.draining = False
         self._served_since_start = 0
@@ -122,6 +89,10 @@ class ModelEngine:
 
     @property
     def in_flight(self) -> int:
+        return len(self._pending)
+
+    @property
+    def _in_flight(self) -> int:
         return len(self._pending)
 
     def stats(self) -> dict[str, Any]:
@@ -143,176 +114,6 @@ class ModelEngine:
                 listener(self, event, **fields)
             except Exception:  # pragma: no cover - observers never break serving
                 log.exception("engine listener failed")
-
-    # ---- lifecycle -----------------------------------------------------------------------
-    async def start(self) -> None:
-        if self._supervisor is None:
-            self._stopping = False
-            self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
-
-    async def wait_ready(self, timeout: float | None = None) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                await self._ready_event.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    async def stop(self, grace_s: float = 0.0) -> None:
-        """Stop admitting; let in-flight requests finish for up to ``grace_s``; stop the worker."""
-        if self.state == State.STOPPED and self._supervisor is None:
-            return
-        self.state = State.STOPPING
-        self._ready_event.clear()
-        deadline = time.monotonic() + grace_s
-        while self._pending and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        self._stopping = True
-        self._fail_all(ServiceUnavailable(f"model {self.name} is shutting down", retry_after=1))
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                self._writer.write(ipc.frame(ipc.Shutdown()))
-                await self._writer.drain()
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=5)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._supervisor
-            self._supervisor = None
-        self.state = State.STOPPED
-
-    async def _spawn(self) -> tuple[asyncio.subprocess.Process, asyncio.StreamReader]:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            env = dict(os.environ)
-            env.setdefault("TOKENIZERS_PARALLELISM", "false")
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "steadyserve.engine.worker",
-                "--fd",
-                str(child.fileno()),
-                pass_fds=(child.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                env=env,
-            )
-        finally:
-            child.close()
-        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=1 << 24)
-        self._writer = writer
-        writer.write(ipc.frame(ipc.Load(spec=self.spec)))
-        await writer.drain()
-        return proc, reader
-
-    async def _supervise(self) -> None:
-        backoff = self.config.restart_backoff_s
-        while not self._stopping:
-            self.state = State.STARTING if self.restarts == 0 else State.RESTARTING
-            self._served_since_start = 0
-            proc: asyncio.subprocess.Process | None = None
-            try:
-                proc, reader = await self._spawn()
-                self._proc = proc
-                self._last_message = time.monotonic()
-                self._reader_task = asyncio.create_task(self._read_loop(reader))
-                outcome = await self._watch(proc)
-            except asyncio.CancelledError:
-                if proc is not None and proc.returncode is None:
-                    proc.kill()
-                raise
-            except Exception as exc:  # pragma: no cover - spawn failure
-                log.exception("could not start worker for %s", self.name)
-                outcome = f"spawn failed: {exc}"
-            # ---- the worker is gone -------------------------------------------------------
-            was_ready = self.state == State.READY
-            self._ready_event.clear()
-            if self._reader_task is not None:
-                self._reader_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._reader_task
-            self._writer = None
-            if self._stopping:
-                break
-            if self._load_error is not None:
-                outcome = f"load failed: {self._load_error}"
-                self._load_error = None
-            self.last_error = outcome
-            self.state = State.RESTARTING if was_ready else State.FAILED
-            self._fail_all(
-                WorkerCrashed(f"model worker for {self.name} {outcome}; restarting", retry_after=1)
-            )
-            if self._served_since_start > 0 or was_ready and self.consecutive_crashes == 0:
-                self.consecutive_crashes = 1
-            else:
-                self.consecutive_crashes += 1
-            self.restarts += 1
-            self._emit("restart", reason=outcome)
-            log.error(
-                "model %s: worker %s (crash %d in a row); restarting in %.1fs",
-                self.name,
-                outcome,
-                self.consecutive_crashes,
-                backoff,
-            )
-            await asyncio.sleep(backoff)
-            backoff = min(max(backoff * 2, 0.1), self.config.restart_backoff_max_s)
-            if self._served_since_start > 0:
-                backoff = self.config.restart_backoff_s
-        self.state = State.STOPPED
-
-    async def _watch(self, proc: asyncio.subprocess.Process) -> str:
-        """Wait until the worker exits, or kill it when it loads too long or hangs."""
-        started = time.monotonic()
-        wait = asyncio.create_task(proc.wait())
-        try:
-            while True:
-                done, _ = await asyncio.wait({wait}, timeout=0.1)
-                if done:
-                    code = proc.returncode
-                    if code is not None and code < 0:
-                        return f"was killed by signal {-code}"
-                    return f"exited with code {code}"
-                now = time.monotonic()
-                if self.state != State.READY:
-                    if now - started > self.config.worker_load_timeout_s:
-                        proc.kill()
-                        await wait
-                        return "did not load in time"
-                    continue
-                if now - self._last_message > self.config.worker_hang_timeout_s:
-                    log.error(
-                        "model %s: worker silent for %.1fs with %d request(s); killing it",
-                        self.name,
-                        now - self._last_message,
-                        len(self._pending),
-                    )
-                    proc.kill()
-                    await wait
-                    return "hung (no progress) and was killed"
-        finally:
-            if not wait.done():
-                wait.cancel()
-
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                header = await reader.readexactly(4)
-                body = await reader.readexactly(ipc.parse_header(header))
-                self._last_message = time.monotonic()
-                self._dispatch(ipc.to_server_decoder.decode(body))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            # EOF: the worker died. Fail in-flight requests now, not when the exit is reaped.
-            if not self._stopping:
-                self._fail_all(WorkerCrashed(f"model worker for {self.name} died", retry_after=1))
-                self._ready_event.clear()
-                if self.state == State.READY:
-                    self.state = State.RESTARTING
 
     def _dispatch(self, msg: ipc.ToServer) -> None:
         if isinstance(msg, ipc.Deltas):
