@@ -21,7 +21,14 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+#: structured fields a log call may pass with ``extra=`` (the access log does); JSON lines carry
+#: them as keys, text lines only in the message.
+EXTRA_FIELDS = ("method", "route", "status", "duration_ms", "model")
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, request_id (+ EXTRA_FIELDS)."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -31,6 +38,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
         }
+        for key in EXTRA_FIELDS:
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

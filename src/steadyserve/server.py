@@ -16,6 +16,7 @@ from steadyserve.registry import Registry
 from steadyserve.settings import Settings
 from steadyserve.transport.context import ServerContext
 from steadyserve.transport.http import build_app
+from steadyserve.transport.middleware import MAX_HEADER_BYTES, http_protocol
 
 log = logging.getLogger("steadyserve.server")
 
@@ -70,6 +71,24 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+async def serve(server: DrainingServer, ctx: ServerContext) -> None:
+    """uvicorn, plus the gRPC server on the same loop when enabled (stopped on the way out)."""
+    grpc_server = None
+    if ctx.settings.grpc_enabled:
+        from steadyserve.transport.grpc import start_grpc_server
+
+        try:
+            grpc_server = await start_grpc_server(ctx)
+        except RuntimeError as exc:
+            log.error("%s", exc)
+            return
+    try:
+        await server.serve()
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(grace=1.0)
+
+
 def run(settings: Settings, specs: list[Any]) -> int:
     registry = Registry(engine_config(settings), specs)
     ctx = ServerContext(settings=settings, registry=registry)
@@ -84,7 +103,10 @@ def run(settings: Settings, specs: list[Any]) -> int:
         ssl_certfile=settings.ssl_certfile,
         ssl_keyfile=settings.ssl_keyfile,
         server_header=False,
+        # bounded request line + headers (431 past it), whichever parser runs
+        http=http_protocol(MAX_HEADER_BYTES),
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
     server = DrainingServer(config, ctx)
-    asyncio.run(server.serve())
+    asyncio.run(serve(server, ctx))
     return 0 if server.started else 1

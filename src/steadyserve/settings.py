@@ -318,7 +318,11 @@ def resolve_model_dir(settings: Settings) -> str | None:
     if settings.model_dir is not None:
         path, name = settings.model_dir, "--model_dir"
     elif settings.storage_uri is not None:
-        path, name = storage_path(settings.storage_uri), "STORAGE_URI"
+        uri = settings.storage_uri
+        if "://" in uri and not uri.startswith("file://") and os.path.isdir(DEFAULT_MODEL_DIR):
+            # KServe keeps the remote URI in STORAGE_URI; its storage initializer put it here
+            return DEFAULT_MODEL_DIR
+        path, name = storage_path(uri), "STORAGE_URI"
     elif os.path.isdir(DEFAULT_MODEL_DIR):
         return DEFAULT_MODEL_DIR
     else:

@@ -94,7 +94,10 @@ def predictions_to_infer(model: Model, request: InferRequest, predictions: list[
     """Turn per-row predictions back into V2 output tensors."""
     predictions = to_jsonable(predictions)
     declared = [o.name for o in model.outputs]
-    if predictions and all(isinstance(p, dict) for p in predictions):
+    v2_columns = getattr(model, "v2_columns", None)  # optional hook: rows → {output: column}
+    if callable(v2_columns):
+        columns = v2_columns(predictions)
+    elif predictions and all(isinstance(p, dict) for p in predictions):
         names = list(predictions[0].keys())
         columns = {n: [p.get(n) for p in predictions] for n in names}
     else:

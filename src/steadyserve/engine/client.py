@@ -117,6 +117,9 @@ class ModelEngine(WorkerSupervisor):
 
     def _dispatch(self, msg: ipc.ToServer) -> None:
         if isinstance(msg, ipc.Deltas):
+            for rid, seconds in msg.started:
+                if rid in self._pending:
+                    self._emit("queue_wait", seconds=seconds)
             for rid, delta in msg.items:
                 pending = self._pending.get(rid)
                 if pending is None or pending.queue is None:
@@ -126,6 +129,8 @@ class ModelEngine(WorkerSupervisor):
                 else:
                     pending.queue.put_nowait(delta)
         elif isinstance(msg, ipc.Result):
+            if msg.id in self._pending:
+                self._emit("queue_wait", seconds=msg.queue_s)
             self._finish(msg.id, msg.predict or msg.infer or msg.embed)
         elif isinstance(msg, ipc.Failed):
             self._finish(msg.id, from_kind(msg.kind, msg.message))
@@ -265,7 +270,9 @@ class ModelEngine(WorkerSupervisor):
         )
         assert self._writer is not None
         self._writer.write(ipc.frame(ipc.Submit(id=rid, kind="generate", timeout_s=timeout, generate=request)))
-        deadline = time.monotonic() + timeout
+        started = last = time.monotonic()
+        deadline = started + timeout
+        first, prompt_seen = True, False
         try:
             while True:
                 remaining = deadline - time.monotonic()
@@ -279,6 +286,16 @@ class ModelEngine(WorkerSupervisor):
                     ) from None
                 if isinstance(item, BaseException):
                     raise item
+                # metrics: time to first token, inter-token gaps, token counts
+                now = time.monotonic()
+                self._emit(
+                    "first_token" if first else "tokens",
+                    seconds=now - (started if first else last),
+                    tokens=len(item.token_ids),
+                    prompt_tokens=None if prompt_seen else item.prompt_tokens,
+                )
+                first, last = False, now
+                prompt_seen = prompt_seen or item.prompt_tokens is not None
                 yield item
                 if item.finish_reason is not None:
                     return

@@ -86,6 +86,8 @@ class LoadFailed(msgspec.Struct, tag=True):
 
 class Result(msgspec.Struct, tag=True):
     id: int
+    #: seconds the request waited in the worker's queue before its batch started
+    queue_s: float = 0.0
     predict: PredictResponse | None = None
     infer: InferResponse | None = None
     embed: EmbedResponse | None = None
@@ -95,6 +97,8 @@ class Deltas(msgspec.Struct, tag=True):
     """Token deltas for several sequences from one engine step."""
 
     items: list[tuple[int, TokenDelta]]
+    #: (id, seconds queued) for sequences that joined the running batch in this step
+    started: list[tuple[int, float]] = []
 
 
 class Failed(msgspec.Struct, tag=True):

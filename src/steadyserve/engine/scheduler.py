@@ -272,8 +272,10 @@ class Scheduler:
 
     def _batch_due(self) -> bool:
         head = self.pending[0]
+        if not self.model.batching or head.group[0] == "infer-solo":
+            return True
         rows = sum(j.rows for j in self.pending if j.group == head.group)
-        if rows >= self.spec.max_batch_size or not self.model.batching:
+        if rows >= self.spec.max_batch_size:
             return True
         return time.monotonic() - head.arrived >= self.spec.max_batch_wait_ms / 1000
 
@@ -293,6 +295,7 @@ class Scheduler:
 
     def _execute(self, batch: list[Job]) -> None:
         kind = batch[0].msg.kind
+        started = time.monotonic()
         failure: SteadyError | None = None
         try:
             if kind == "infer" and batch[0].group[0] == "infer-solo":
@@ -321,7 +324,8 @@ class Scheduler:
                     continue
                 self._execute([job])
             return
-        for result in results:
+        for job, result in zip(batch, results, strict=True):
+            result.queue_s = max(0.0, started - job.arrived)
             self.channel.send(result)
 
     def _aborted_jobs(self, batch: list[Job]) -> list[Job]:
@@ -396,8 +400,10 @@ class Scheduler:
     def _gen_step(self) -> None:
         engine = self.engine
         assert engine is not None
+        joined: list[tuple[int, float]] = []
         while self.gen_waiting and len(self.gen_running) < self.spec.max_num_seqs:
             job = self.gen_waiting.popleft()
+            joined.append((job.msg.id, max(0.0, time.monotonic() - job.arrived)))
             assert job.msg.generate is not None
             try:
                 engine.add(str(job.msg.id), job.msg.generate)
@@ -429,8 +435,8 @@ class Scheduler:
             if item.finish_reason is not None:
                 self.gen_running.pop(rid, None)
             items.append((rid, item))
-        if items:
-            self.channel.send(Deltas(items=items))
+        if items or joined:
+            self.channel.send(Deltas(items=items, started=joined))
 
 
 def _accepts_parameters(fn: Any) -> bool:

@@ -1,11 +1,249 @@
-"""HTTP middleware (to be built: request ids, auth, body limits, metrics, CORS)."""
+"""HTTP middleware, all pure ASGI (``BaseHTTPMiddleware`` would break streaming and disconnect
+detection): request ids, access log and metrics, API keys, body and header limits, CORS.
+
+Order, outermost first (:func:`install`):
+
+1. :class:`RequestContextMiddleware` - ``X-Request-ID`` (the client's if it is printable ASCII
+   of at most 128 characters, else 32 fresh random hex digits) set in ``logs.request_id_var`` for the
+   request's duration and returned on *every* response (errors, 404s, 401s, 413s and 500s
+   included); header count bound (431); one access-log line and the request metrics per request;
+   an exception no handler took becomes a 500 here, with the id, never a traceback.
+2. ``CORSMiddleware`` - only with ``--cors_origins`` (off by default).
+3. :class:`~steadyserve.transport.auth.AuthMiddleware` - only when API keys are configured.
+4. :class:`BodyLimitMiddleware` - 413 as soon as ``Content-Length`` is too large, or as soon as
+   a chunked body passes the limit while it streams in; nothing is buffered here.
+
+The header *bytes* bound lives one level lower, in the HTTP parser (:func:`http_protocol`),
+because by the time ASGI sees headers they are already in memory.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import logging
+import os
+import time
+from typing import Any
 
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from steadyserve.errors import PayloadTooLarge, bounded
+from steadyserve.logs import request_id_var
+from steadyserve.transport.auth import AuthMiddleware
 from steadyserve.transport.context import ServerContext
+from steadyserve.transport.http import error_response
+from steadyserve.transport.metrics import MODEL_SCOPE_KEY, UNMATCHED_ROUTE, Metrics
+
+access_log = logging.getLogger("steadyserve.access")
+log = logging.getLogger("steadyserve.http")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+MAX_REQUEST_ID_CHARS = 128
+#: most request headers accepted (431 past it)
+MAX_HEADERS = 100
+#: largest request line + header block, enforced by the HTTP parser (431 / 400 past it)
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def valid_request_id(value: bytes) -> str | None:
+    """The client's request id if it is 1-128 printable ASCII characters, else None."""
+    if not 0 < len(value) <= MAX_REQUEST_ID_CHARS:
+        return None
+    if any(b < 0x20 or b > 0x7E for b in value):
+        return None
+    return value.decode("ascii")
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template (bounded label set), or ``<unmatched>``."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+class RequestContextMiddleware:
+    """Request id, header-count bound, access log, request metrics, last-resort 500."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        rid: str | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                rid = valid_request_id(value)
+                break
+        rid = rid or os.urandom(16).hex()  # as random as uuid4().hex, cheaper
+        rid_header = (b"x-request-id", rid.encode("ascii"))
+        token = request_id_var.set(rid)
+        status = 499  # until a response starts: the client left before one was sent
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = int(message["status"])
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
+                headers.append(rid_header)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            if len(scope["headers"]) > MAX_HEADERS:
+                exc = StarletteHTTPException(
+                    431, f"too many request headers ({len(scope['headers'])} > {MAX_HEADERS})"
+                )
+                await error_response(Request(scope), exc)(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if response_started:  # too late for a status: uvicorn drops the connection
+                log.error("error after the response started", exc_info=exc)
+                raise
+            await error_response(Request(scope), exc)(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = route_template(scope)
+            model = scope.get(MODEL_SCOPE_KEY) or (scope.get("path_params") or {}).get("name")
+            if self.metrics is not None:
+                self.metrics.observe_request(scope["method"], route, model, status, elapsed)
+            shown = route if route != UNMATCHED_ROUTE else repr(bounded(scope["path"], 200))
+            access_log.info(
+                "%s %s %d %.1fms", scope["method"], shown, status, elapsed * 1000.0,
+                extra={"method": scope["method"], "route": route, "status": status,
+                       "duration_ms": round(elapsed * 1000.0, 3)},
+            )
+            request_id_var.reset(token)
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over ``max_bytes``: at once from ``Content-Length``, or while a chunked
+    body streams in (the route's read fails with 413). The 413 closes the connection so the
+    rest of an oversized body is never read."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> str:
+        return f"request body exceeds the limit of {self.max_bytes} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.max_bytes:
+                    response = error_response(Request(scope), PayloadTooLarge(self._too_large()))
+                    response.headers["Connection"] = "close"
+                    await response(scope, receive, send)
+                    return
+                break
+        received = 0
+        exceeded = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    exceeded = True
+                    # an HTTPException so FastAPI's body parsing re-raises it instead of
+                    # turning it into a 400
+                    raise StarletteHTTPException(413, self._too_large())
+            return message
+
+        async def send_close_after_413(message: Message) -> None:
+            if message["type"] == "http.response.start" and exceeded:
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                  (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, limited_receive, send_close_after_413)
+
+
+def http_protocol(max_header_bytes: int = MAX_HEADER_BYTES) -> Any:
+    """The uvicorn ``http`` protocol: httptools with the request line + headers bounded to
+    ``max_header_bytes`` (431 and close past it; plain httptools buffers any size), or ``"h11"``
+    (bound by ``h11_max_incomplete_event_size``) when httptools is not installed."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - uvicorn without [standard]
+        return "h11"
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        _in_headers = False
+        _header_bytes = 0
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_headers = True
+            self._header_bytes = 0
+
+        def on_headers_complete(self) -> None:
+            self._in_headers = False
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if not self._in_headers or self.transport.is_closing():
+                return
+            self._header_bytes += len(data)
+            if self._header_bytes > max_header_bytes:
+                msg = b"request line and headers too large"
+                self.transport.write(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                    b"content-type: text/plain; charset=utf-8\r\n"
+                    b"content-length: " + str(len(msg)).encode("ascii") + b"\r\n"
+                    b"connection: close\r\n\r\n" + msg
+                )
+                self.transport.close()
+                self._in_headers = False
+
+    return BoundedHttpToolsProtocol
 
 
 def install(app: FastAPI, ctx: ServerContext) -> None:
-    return None
+    """Add ``/metrics`` and the middleware stack (see the module docstring for the order)."""
+    metrics = Metrics(ctx.registry)
+    ctx.metrics = metrics
+    ctx.registry.on_engine.append(metrics.attach)
+    for engine in ctx.registry.engines():
+        metrics.attach(engine)
+
+    async def scrape() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_api_route("/metrics", scrape, methods=["GET"], include_in_schema=False)
+
+    settings = ctx.settings
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    keys = settings.api_keys()
+    if keys:
+        app.add_middleware(AuthMiddleware, keys=keys, protect_open_paths=settings.auth_health)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=[REQUEST_ID_HEADER],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)

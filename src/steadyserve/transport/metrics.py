@@ -1,0 +1,240 @@
+"""Prometheus metrics, one :class:`Metrics` (and one ``CollectorRegistry``) per app.
+
+Served at ``GET /metrics`` in the Prometheus text format. Families (all prefixed ``steadyserve_``):
+
+==========================================  =========  ===========================================
+name                                        type       labels / meaning
+==========================================  =========  ===========================================
+``requests_total``                          counter    method, route (template), model, code
+``request_duration_seconds``                histogram  method, route, model: end to end, until
+                                                       the last body byte (streams included)
+``queue_wait_seconds``                      histogram  model: admission → start of work, fed by
+                                                       the engine event ``queue_wait`` (seconds=);
+                                                       empty until the worker reports queue time
+``time_to_first_token_seconds``             histogram  model: admission → first token (streams)
+``inter_token_latency_seconds``             histogram  model: gap between tokens (streams)
+``prompt_tokens_total``                     counter    model
+``completion_tokens_total``                 counter    model
+``worker_restarts_total``                   counter    model
+``requests_cancelled_total``                counter    model: the client went away (aborted)
+``requests_expired_total``                  counter    model: the deadline passed (504)
+``requests_failed_total``                   counter    model, error (error class name)
+``requests_in_flight``                      gauge      model (scrape time, ``engine.stats()``)
+``worker_running`` / ``worker_queued``      gauge      model (scrape time, the worker's heartbeat)
+``model_ready``                             gauge      model: 1 when the model serves requests
+==========================================  =========  ===========================================
+
+The ``model`` label only ever holds a name the registry knows (or ``""``): a client cannot
+grow the label set by sending made-up names. ``route`` is the route's template
+(``/v2/models/{name}/infer``), never the raw path; unmatched paths count as ``<unmatched>``.
+
+API for the routes (the OpenAI routes in particular)::
+
+    ctx.metrics.label_model(request, model)   # the model named in the *body*; path params
+                                              # (``{name}``) are picked up automatically
+    ctx.metrics.add_tokens(model, prompt=12, completion=0)
+
+Time to first token, inter-token latency and completion tokens are recorded for every
+``engine.generate`` stream by an engine listener (events ``first_token`` / ``tokens``), whatever
+the transport, so the routes need not time streams themselves; ``observe_ttft`` /
+``observe_itl`` / ``add_tokens`` exist for token work that does not go through
+``engine.generate`` (e.g. prompt tokens counted by a tokenizer in the server process).
+``ctx.metrics`` is ``None`` when the app was built without :func:`middleware.install`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from steadyserve.registry import Registry
+
+log = logging.getLogger("steadyserve.metrics")
+
+PREFIX = "steadyserve"
+#: the scope key the routes set (via :meth:`Metrics.label_model`) to name the model of a request
+MODEL_SCOPE_KEY = "steadyserve.model"
+UNMATCHED_ROUTE = "<unmatched>"
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+)
+TOKEN_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
+)
+
+
+class _EngineCollector(Collector):
+    """Gauges computed at scrape time from the registry's engines."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            f"{PREFIX}_requests_in_flight", "Requests admitted and not yet completed.", labels=["model"]
+        )
+        running = GaugeMetricFamily(
+            f"{PREFIX}_worker_running", "Requests the worker is running (last heartbeat).",
+            labels=["model"],
+        )
+        queued = GaugeMetricFamily(
+            f"{PREFIX}_worker_queued", "Requests queued in the worker (last heartbeat).",
+            labels=["model"],
+        )
+        ready = GaugeMetricFamily(
+            f"{PREFIX}_model_ready", "1 when the model serves requests.", labels=["model"]
+        )
+        for engine in self.registry.engines():
+            stats = engine.stats()
+            in_flight.add_metric([engine.name], float(stats.get("in_flight", 0)))
+            running.add_metric([engine.name], float(stats.get("worker_running", 0)))
+            queued.add_metric([engine.name], float(stats.get("worker_queued", 0)))
+            ready.add_metric([engine.name], 1.0 if engine.ready else 0.0)
+        yield from (in_flight, running, queued, ready)
+
+
+class Metrics:
+    """Every metric of one server; thread-compatible (prometheus-client locks internally)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.models = registry
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            f"{PREFIX}_requests", "HTTP requests by route template, model and status code.",
+            ["method", "route", "model", "code"], registry=r,
+        )
+        self.duration = Histogram(
+            f"{PREFIX}_request_duration_seconds", "End-to-end HTTP request latency.",
+            ["method", "route", "model"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_wait = Histogram(
+            f"{PREFIX}_queue_wait_seconds", "Time from admission to the start of work.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.ttft = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds", "Time from admission to the first token.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.itl = Histogram(
+            f"{PREFIX}_inter_token_latency_seconds", "Time between tokens of a stream.",
+            ["model"], buckets=TOKEN_BUCKETS, registry=r,
+        )
+        self.prompt_tokens = Counter(
+            f"{PREFIX}_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            f"{PREFIX}_completion_tokens", "Tokens generated.", ["model"], registry=r
+        )
+        self.restarts = Counter(
+            f"{PREFIX}_worker_restarts", "Model worker restarts (crash, hang, failed load).",
+            ["model"], registry=r,
+        )
+        self.cancelled = Counter(
+            f"{PREFIX}_requests_cancelled", "Requests aborted because the client went away.",
+            ["model"], registry=r,
+        )
+        self.expired = Counter(
+            f"{PREFIX}_requests_expired", "Requests that passed their deadline.", ["model"],
+            registry=r,
+        )
+        self.failed = Counter(
+            f"{PREFIX}_requests_failed", "Requests the engine ended with an error.",
+            ["model", "error"], registry=r,
+        )
+        r.register(_EngineCollector(registry))
+        #: (method, route, model, code) → (counter, histogram) children; bounded like the labels
+        self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+
+    # ---- the API for routes ---------------------------------------------------------------
+    def model_label(self, name: str | None) -> str:
+        """``name`` if the registry knows it, else ``""`` (bounded label cardinality)."""
+        if name and (self.models.has(name) or name in self.models.known()):
+            return name
+        return ""
+
+    @staticmethod
+    def label_model(request: Any, model: str) -> None:
+        """Name the model a request is for when it is not a ``{name}`` path parameter (OpenAI
+        routes: the ``model`` field of the body). ``request`` is a Starlette Request."""
+        request.scope[MODEL_SCOPE_KEY] = model
+
+    def observe_ttft(self, model: str, seconds: float) -> None:
+        self.ttft.labels(self.model_label(model)).observe(seconds)
+
+    def observe_itl(self, model: str, seconds: float, tokens: int = 1) -> None:
+        """One gap of ``seconds`` that produced ``tokens`` tokens (observed once per token)."""
+        self._observe_itl(self.model_label(model), seconds, tokens)
+
+    def _observe_itl(self, label: str, seconds: float, tokens: int) -> None:
+        child = self.itl.labels(label)
+        per_token = seconds / max(tokens, 1)
+        for _ in range(max(tokens, 1)):
+            child.observe(per_token)
+
+    def observe_queue_wait(self, model: str, seconds: float) -> None:
+        self.queue_wait.labels(self.model_label(model)).observe(seconds)
+
+    def add_tokens(self, model: str, *, prompt: int = 0, completion: int = 0) -> None:
+        label = self.model_label(model)
+        if prompt:
+            self.prompt_tokens.labels(label).inc(prompt)
+        if completion:
+            self.completion_tokens.labels(label).inc(completion)
+
+    # ---- the middleware's side ------------------------------------------------------------
+    def observe_request(
+        self, method: str, route: str, model: str | None, code: int, seconds: float
+    ) -> None:
+        label = self.model_label(model)
+        key = (method, route, label, code)
+        children = self._request_children.get(key)
+        if children is None:  # label lookups cost more than the observation itself
+            children = (self.requests.labels(method, route, label, str(code)),
+                        self.duration.labels(method, route, label))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    # ---- the engine's side ----------------------------------------------------------------
+    def attach(self, engine: Any) -> None:
+        """Listen to an engine's events (``Registry.on_engine`` calls this for new engines)."""
+        if self._on_event not in engine.listeners:
+            engine.listeners.append(self._on_event)
+
+    def _on_event(self, engine: Any, event: str, **fields: Any) -> None:
+        name = engine.name
+        if event == "restart":
+            self.restarts.labels(name).inc()
+        elif event == "aborted":
+            self.cancelled.labels(name).inc()
+        elif event == "expired":
+            self.expired.labels(name).inc()
+        elif event == "failed":
+            error = fields.get("error")
+            self.failed.labels(name, type(error).__name__ if error is not None else "").inc()
+        elif event == "first_token":
+            self.ttft.labels(name).observe(float(fields.get("seconds", 0.0)))
+            self._tokens(name, fields)
+        elif event == "tokens":
+            tokens = int(fields.get("tokens") or 0)
+            if tokens:  # a final delta with no tokens is not a gap between tokens
+                self._observe_itl(name, float(fields.get("seconds", 0.0)), tokens)
+            self._tokens(name, fields)
+        elif event == "queue_wait":
+            self.queue_wait.labels(name).observe(float(fields.get("seconds", 0.0)))
+
+    def _tokens(self, name: str, fields: dict[str, Any]) -> None:
+        completion = int(fields.get("tokens") or 0)
+        if completion:
+            self.completion_tokens.labels(name).inc(completion)
+        prompt = fields.get("prompt_tokens")
+        if prompt:
+            self.prompt_tokens.labels(name).inc(int(prompt))
