@@ -134,3 +134,17 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> A
             return last
         time.sleep(interval)
     raise TimeoutError(f"condition not met in {timeout}s (last: {last!r})")
+
+
+def make_repository(root: Path, **models: str) -> Path:
+    """A model repository at ``root``: one sub-directory per ``name=path.py:Class`` custom model
+    (``model.py`` + ``steadyserve.txt`` naming the class). Default: scaler + faulty."""
+    import shutil
+
+    for name, target in (models or {"scaler": EXAMPLE, "faulty": FAULTY}).items():
+        path, _, cls = target.rpartition(":")
+        model_dir = root / name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, model_dir / "model.py")
+        (model_dir / "steadyserve.txt").write_text(cls, encoding="utf-8")
+    return root

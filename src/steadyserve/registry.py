@@ -22,6 +22,8 @@ class Registry:
         self.draining = False
         for spec in specs:
             self._known[spec.name] = spec
+        #: models unloaded (or that failed to load) → (spec, reason); ``load`` can bring them back.
+        self._unloaded: dict[str, tuple[ModelSpec, str]] = {}
         #: hook for metrics: called with each engine as it is created.
         self.on_engine: list[object] = []
 
@@ -66,18 +68,29 @@ class Registry:
             hook(engine)  # type: ignore[operator]
         self._engines[spec.name] = engine
         self._known[spec.name] = spec
+        self._unloaded.pop(spec.name, None)
         await engine.start()
         return engine
 
-    async def unload(self, name: str, grace_s: float = 0.0) -> None:
+    async def unload(self, name: str, grace_s: float = 0.0, reason: str = "unloaded") -> None:
+        """Remove the model from every listing at once, let its in-flight requests finish for up
+        to ``grace_s`` (the rest fail with 503), stop its worker. ``reason`` is what the
+        repository index shows for it afterwards."""
         engine = self._engines.pop(name, None)
         if engine is None:
             raise ModelNotFound(f"model '{name[:200]}' is not loaded")
-        self._known.pop(name, None)
+        spec = self._known.pop(name, None)
+        self._unloaded[name] = (spec or engine.spec, reason)
         await engine.stop(grace_s)
+
+    def unloaded(self) -> dict[str, str]:
+        """Models that were unloaded or failed to load: name → reason."""
+        return {name: reason for name, (_, reason) in self._unloaded.items()}
 
     def spec_for(self, name: str) -> ModelSpec:
         spec = self._known.get(name)
+        if spec is None and name in self._unloaded:
+            spec = self._unloaded[name][0]
         if spec is None:
             raise ModelNotFound(f"model '{name[:200]}' is not in the repository")
         return spec

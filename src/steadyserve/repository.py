@@ -1,11 +1,31 @@
-"""A model repository directory: one sub-directory per model."""
+"""A model repository directory (one sub-directory per model) and the model repository
+extension on top of the registry: index, load, unload.
+
+Both transports (REST ``/v2/repository/...`` and the gRPC ``Repository*`` RPCs) call
+:class:`ModelRepository`, so they answer the same states and the same errors.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
-from typing import Any
+import re
+import time
+from typing import TYPE_CHECKING, Any
 
+from steadyserve.engine.client import State
 from steadyserve.engine.ipc import ModelSpec
+from steadyserve.errors import InvalidInput, ModelError, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from steadyserve.registry import Registry
+    from steadyserve.settings import Settings
+
+#: Longest a load request waits for the model to become ready (then 503: still loading).
+LOAD_WAIT_MAX_S = 120.0
+#: Longest an unload lets in-flight requests finish before failing them with 503.
+UNLOAD_GRACE_MAX_S = 10.0
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 def spec_for_dir(name: str, path: str, common: dict[str, Any]) -> ModelSpec:
@@ -33,3 +53,113 @@ def scan_repository(root: str, common: dict[str, Any]) -> list[ModelSpec]:
         if os.path.isdir(path) and not entry.startswith("."):
             specs.append(spec_for_dir(entry, path, common))
     return specs
+
+
+def check_load_parameters(names: list[str]) -> None:
+    """Loads come from the repository directory only: a model config or files sent with the
+    load request (Triton's override) are refused, never silently ignored."""
+    for name in names:
+        if name == "config" or name.startswith("file:"):
+            raise InvalidInput(
+                f"load parameter {name[:60]!r} is not supported: models load from the "
+                "repository directory"
+            )
+
+
+def spec_options(settings: Settings) -> dict[str, Any]:
+    """The per-model options every repository model gets from the server's settings (the same
+    ones the CLI gives the models it starts with)."""
+    return dict(
+        task=settings.task,
+        dtype=settings.dtype,
+        device=settings.device,
+        trust_remote_code=settings.trust_remote_code,
+        max_model_len=settings.max_model_len,
+        max_batch_size=settings.max_batch_size,
+        max_batch_wait_ms=settings.max_batch_wait_ms,
+        max_num_seqs=settings.max_num_seqs,
+        memory_limit_mb=settings.worker_memory_limit_mb,
+        torch_threads=settings.torch_threads,
+    )
+
+
+class ModelRepository:
+    """The model repository extension: what is there, load it, unload it."""
+
+    def __init__(self, registry: Registry, settings: Settings) -> None:
+        self.registry = registry
+        self.root = settings.model_repository
+        self.options = spec_options(settings)
+        self.load_wait_s = min(settings.worker_load_timeout_s, LOAD_WAIT_MAX_S)
+        self.unload_grace_s = min(settings.graceful_shutdown_s, UNLOAD_GRACE_MAX_S)
+
+    def _on_disk(self) -> list[str]:
+        if self.root is None or not os.path.isdir(self.root):
+            return []
+        return [
+            entry
+            for entry in sorted(os.listdir(self.root))
+            if not entry.startswith(".") and os.path.isdir(os.path.join(self.root, entry))
+        ]
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every model the server knows or the repository holds, with its state:
+        READY, LOADING or UNAVAILABLE (and why)."""
+        names = set(self.registry.names()) | set(self.registry.known())
+        unloaded = self.registry.unloaded()
+        names |= set(unloaded) | set(self._on_disk())
+        out: list[dict[str, str]] = []
+        for name in sorted(names):
+            state, reason = self._state(name, unloaded)
+            if ready_only and state != "READY":
+                continue
+            out.append({"name": name, "version": "", "state": state, "reason": reason})
+        return out
+
+    def _state(self, name: str, unloaded: dict[str, str]) -> tuple[str, str]:
+        if not self.registry.has(name):
+            return "UNAVAILABLE", unloaded.get(name, "not loaded")
+        engine = self.registry.get(name)
+        if engine.ready:
+            return "READY", ""
+        if engine.state in (State.STARTING, State.RESTARTING):
+            return "LOADING", engine.last_error or ""
+        return "UNAVAILABLE", engine.last_error or engine.state
+
+    def _spec(self, name: str) -> ModelSpec:
+        if not _NAME.fullmatch(name) or name in (".", ".."):
+            raise InvalidInput(f"invalid model name {name[:100]!r}")
+        if self.root is not None:
+            path = os.path.join(self.root, name)
+            if os.path.isdir(path):
+                return spec_for_dir(name, path, self.options)
+        return self.registry.spec_for(name)
+
+    async def load(self, name: str) -> None:
+        """Load ``name`` (from the repository directory, or the spec it was unloaded with) and
+        wait until it is ready. 500 with the reason when it fails to load; 503 when it is still
+        loading after the bounded wait (the load goes on; poll the index)."""
+        if self.registry.has(name):
+            engine = self.registry.get(name)
+        else:
+            engine = await self.registry.load(self._spec(name))
+        deadline = time.monotonic() + self.load_wait_s
+        while not engine.ready:
+            if engine.info is None and (engine.state == State.FAILED or engine.restarts > 0):
+                reason = engine.last_error or "load failed"
+                if self.registry.has(name) and self.registry.get(name) is engine:
+                    await self.registry.unload(name, 0.0, reason=reason)
+                raise ModelError(f"model {name} failed to load: {reason}")
+            if not self.registry.has(name) or self.registry.get(name) is not engine:
+                raise ServiceUnavailable(f"model {name} was unloaded while loading", retry_after=1)
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(
+                    f"model {name} is still loading after {self.load_wait_s:.0f}s",
+                    retry_after=5,
+                )
+            await asyncio.sleep(0.05)
+
+    async def unload(self, name: str) -> None:
+        """Unload ``name``: gone from every listing at once; in-flight requests get a short
+        grace, then 503; the worker stops. 404 when it is not loaded."""
+        await self.registry.unload(name, self.unload_grace_s)

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from steadyserve.errors import InvalidInput
+from steadyserve.errors import InvalidInput, UnsupportedEndpoint
 from steadyserve.types import (
     V2_DATATYPES,
     V2_TO_NUMPY,
+    Capability,
     InferRequest,
     InferResponse,
     ModelInfo,
@@ -168,6 +169,16 @@ def decode_infer_request(body: Any, binary_inputs: dict[str, bytes] | None = Non
                 raise InvalidInput("output 'parameters' must be an object")
             requested.append(RequestedOutput(name=_check_name("output", out.get("name")), parameters=oparams))
     return InferRequest(inputs=tensors, id=request_id, parameters=parameters, outputs=requested)
+
+
+def check_infer_capability(info: ModelInfo) -> None:
+    """V2 inference needs the model's ``infer`` capability (REST and gRPC both ask here, so the
+    same refusal is a 400 / INVALID_ARGUMENT on both)."""
+    if Capability.INFER not in info.capabilities:
+        raise UnsupportedEndpoint(
+            f"model {info.name} does not support V2 inference; it supports: "
+            f"{', '.join(info.capabilities) or 'nothing'}"
+        )
 
 
 def check_against_metadata(request: InferRequest, info: ModelInfo) -> None:

@@ -22,7 +22,11 @@ class ClientDisconnected(Exception):
 
 
 async def read_json(request: Request) -> Any:
-    body = await request.body()
+    return parse_json_bytes(await request.body())
+
+
+def parse_json_bytes(body: bytes) -> Any:
+    """Parse a JSON body (or the JSON header of a binary-extension body); errors are 400s."""
     if not body:
         raise InvalidInput("request body is empty; expected JSON")
     try:

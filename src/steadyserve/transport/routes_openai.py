@@ -1,11 +1,379 @@
-"""OpenAI API routes (to be built: completions, chat, embeddings under /openai/v1 and /v1)."""
+"""OpenAI API routes: completions, chat completions, embeddings, models.
+
+Every route is served under ``/openai/v1`` (KServe's prefix) and ``/v1``, except the model
+listing, which ``routes_v1`` already serves under ``/v1`` (one merged body). Each request is
+parsed and validated - including whether this model supports the endpoint at all - before it
+reaches the engine. Streams are SSE; a failure after the first byte is an in-band error event.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
+import msgspec
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from steadyserve.engine.client import ModelEngine
+from steadyserve.errors import InvalidInput, UnsupportedEndpoint
+from steadyserve.protocol import openai as oa
+from steadyserve.protocol import openai_response as resp
+from steadyserve.protocol.openai_schema import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    parse,
+)
+from steadyserve.transport import sse
+from steadyserve.transport.common import cancel_on_disconnect, read_json, request_timeout
 from steadyserve.transport.context import ServerContext
+from steadyserve.transport.openai_serving import (
+    Event,
+    SeqSpec,
+    apply_chat_template,
+    encode,
+    error_payload,
+    has_chat_template,
+    merge,
+    run_sequence,
+    token_text,
+    tokenizer_for,
+)
+from steadyserve.transport.routes_models import openai_model_card, openai_model_list
+from steadyserve.types import Capability, EmbedRequest, GenerateRequest, ModelInfo, SamplingParams
+
+PREFIXES = ("/openai/v1", "/v1")
+TEMPLATE_TIME_LIMIT_S = 2.0
+TEMPLATE_MAX_CHARS = 1_000_000
+
+
+class _Job:
+    """A validated generation request: its sequences and how to answer."""
+
+    def __init__(self, *, chat: bool, model: str, engine: ModelEngine, tokenizer: Any | None,
+                 seqs: list[SeqSpec], stops: list[str], stream: bool, include_usage: bool,
+                 logprobs: int | None, echo: list[str] | None, timeout_s: float | None,
+                 n: int) -> None:
+        self.chat = chat
+        self.n = n
+        self.model = model
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.seqs = seqs
+        self.stops = stops
+        self.stream = stream
+        self.include_usage = include_usage
+        self.logprobs = logprobs
+        self.echo = echo
+        self.timeout_s = timeout_s
+        self.rid = resp.new_id("chatcmpl" if chat else "cmpl")
+        self.created = int(time.time())
+
+    def events(self) -> AsyncGenerator[Event, None]:
+        return merge([
+            run_sequence(self.engine, s, self.tokenizer, self.stops, self.timeout_s)
+            for s in self.seqs
+        ])
+
+
+def _sequences(prompts: list[list[int] | str], prompt_lens: list[int], base: SamplingParams,
+               max_tokens: list[int], n: int, context: bool) -> list[SeqSpec]:
+    seqs = []
+    for p, prompt in enumerate(prompts):
+        for i in range(n):
+            index = p * n + i
+            params = msgspec.structs.replace(
+                base,
+                max_tokens=max_tokens[p],
+                seed=None if base.seed is None else base.seed + index,
+            )
+            if isinstance(prompt, str):
+                req = GenerateRequest(prompt=prompt, params=params)
+                ctx_ids: list[int] = []
+            else:
+                req = GenerateRequest(prompt_token_ids=list(prompt), params=params)
+                ctx_ids = list(prompt) if context else []
+            seqs.append(SeqSpec(index=index, request=req, prompt_tokens=prompt_lens[p],
+                                context_ids=ctx_ids))
+    return seqs
 
 
 def build_router(ctx: ServerContext) -> APIRouter:
-    return APIRouter()
+    """The OpenAI routes of one server context."""
+    router = APIRouter()
+    registry = ctx.registry
+
+    def model_and_info(name: str) -> tuple[ModelEngine, ModelInfo]:
+        engine = registry.get(name)
+        return engine, engine.require_ready_info()
+
+    # ---- completions -------------------------------------------------------------------------
+    async def completions(request: Request) -> Response:
+        req = parse(CompletionRequest, await read_json(request))
+        engine, info = model_and_info(req.model)
+        plan = oa.plan_completion(req, info)
+        prompts = plan.prompts
+        timeout_s = request_timeout(request)
+        tokenizer = await tokenizer_for(ctx, engine, info)
+        resolved: list[list[int] | str] = []
+        lens: list[int] = []
+        echo: list[str] | None = [] if req.echo else None
+        if tokenizer is None:
+            for prompt in prompts:
+                if not isinstance(prompt, str):
+                    raise InvalidInput(
+                        f"model {info.name} has no tokenizer: send the prompt as text",
+                        param="prompt",
+                    )
+                resolved.append(prompt)
+                lens.append(0)
+                if echo is not None:
+                    echo.append(prompt)
+        else:
+            texts = [p for p in prompts if isinstance(p, str)]
+            encoded = iter(await encode(tokenizer, texts) if texts else [])
+            for prompt in prompts:
+                if isinstance(prompt, str):
+                    ids = next(encoded)
+                else:
+                    oa.check_token_ids(prompt, info.vocab_size, "prompt")
+                    ids = list(prompt)
+                resolved.append(ids)
+                lens.append(len(ids))
+                if echo is not None:
+                    echo.append(prompt if isinstance(prompt, str) else
+                                await asyncio.to_thread(tokenizer.decode, ids))
+        max_tokens = [
+            oa.resolve_max_tokens(plan.max_tokens, n_tok, info,
+                                  default=oa.DEFAULT_COMPLETION_TOKENS)
+            for n_tok in lens
+        ]
+        seqs = _sequences(resolved, lens, plan.params, max_tokens, req.n,
+                          context=not info.is_encoder_decoder)
+        job = _Job(chat=False, model=req.model, engine=engine, tokenizer=tokenizer, seqs=seqs,
+                   stops=plan.stops, stream=req.stream,
+                   include_usage=bool(req.stream_options and req.stream_options.include_usage),
+                   logprobs=plan.logprobs, echo=echo, timeout_s=timeout_s, n=req.n)
+        return await _answer(request, job)
+
+    # ---- chat ----------------------------------------------------------------------------------
+    async def chat_completions(request: Request) -> Response:
+        req = parse(ChatRequest, await read_json(request))
+        engine, info = model_and_info(req.model)
+        plan = oa.plan_chat(req, info, ctx.settings.allow_request_chat_template)
+        messages = plan.messages
+        timeout_s = request_timeout(request)
+        tokenizer = await tokenizer_for(ctx, engine, info)
+        if tokenizer is None:
+            raise UnsupportedEndpoint(
+                f"model {info.name} does not support chat completions (no tokenizer); "
+                f"it supports: {oa.supported(info)}", param="model")
+        kwargs = oa.template_kwargs(req)
+        if req.chat_template is not None:
+            variables = {
+                **kwargs,
+                "messages": messages,
+                "add_generation_prompt": req.add_generation_prompt,
+                "bos_token": str(getattr(tokenizer, "bos_token", "") or ""),
+                "eos_token": str(getattr(tokenizer, "eos_token", "") or ""),
+            }
+            text = await asyncio.to_thread(
+                oa.render_template_sandboxed, req.chat_template, variables,
+                time_limit_s=TEMPLATE_TIME_LIMIT_S, max_chars=TEMPLATE_MAX_CHARS,
+            )
+        else:
+            if not has_chat_template(tokenizer):
+                raise UnsupportedEndpoint(
+                    f"model {info.name} does not support chat completions (no chat template); "
+                    f"it supports: {oa.supported(info)}", param="model")
+            text = await apply_chat_template(tokenizer, messages, req.add_generation_prompt, kwargs)
+        ids = (await encode(tokenizer, [text], add_special_tokens=False))[0]
+        if not ids:
+            raise InvalidInput("the rendered chat prompt is empty", param="messages")
+        max_tokens = oa.resolve_max_tokens(plan.max_tokens, len(ids), info, default=None)
+        seqs = _sequences([ids], [len(ids)], plan.params, [max_tokens], req.n, context=True)
+        job = _Job(chat=True, model=req.model, engine=engine, tokenizer=tokenizer, seqs=seqs,
+                   stops=plan.stops, stream=req.stream,
+                   include_usage=bool(req.stream_options and req.stream_options.include_usage),
+                   logprobs=plan.logprobs, echo=None, timeout_s=timeout_s, n=req.n)
+        return await _answer(request, job)
+
+    # ---- embeddings ----------------------------------------------------------------------------
+    async def embeddings(request: Request) -> Response:
+        req = parse(EmbeddingRequest, await read_json(request))
+        engine, info = model_and_info(req.model)
+        oa.require(info, Capability.EMBED, "embeddings")
+        texts, token_ids = oa.embedding_inputs(req.input, info)
+        known_dim = info.extra.get("embedding_dim")
+        if req.dimensions is not None and (
+            req.dimensions < 1 or (known_dim is not None and req.dimensions != known_dim)
+        ):
+            raise InvalidInput(
+                f"'dimensions' is not supported by model {info.name}"
+                + (f" (its embeddings have {known_dim})" if known_dim else ""),
+                param="dimensions",
+            )
+        counted = 0
+        tokenizer = await tokenizer_for(ctx, engine, info)
+        if token_ids is not None:
+            counted = sum(len(t) for t in token_ids)
+            lengths = [len(t) for t in token_ids]
+        elif tokenizer is not None and texts is not None:
+            lengths = [len(t) for t in await encode(tokenizer, texts)]
+            counted = sum(lengths)
+        else:
+            lengths = []
+        if info.max_model_len is not None:
+            for i, n_tok in enumerate(lengths):
+                if n_tok > info.max_model_len:
+                    raise InvalidInput(
+                        f"input[{i}] has {n_tok} tokens; this model's limit is "
+                        f"{info.max_model_len}", param="input")
+        work = engine.embed(EmbedRequest(texts=texts, token_ids=token_ids),
+                            timeout_s=request_timeout(request))
+        result = await cancel_on_disconnect(request, work)
+        vectors = result.embeddings
+        if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
+            raise InvalidInput(
+                f"'dimensions' must equal the model's embedding size ({len(vectors[0])})",
+                param="dimensions",
+            )
+        body = resp.embedding_response(req.model, vectors, req.encoding_format,
+                                     result.prompt_tokens or counted)
+        return JSONResponse(body)
+
+    # ---- models --------------------------------------------------------------------------------
+    async def list_models() -> dict[str, Any]:
+        return openai_model_list(ctx)
+
+    async def get_model(name: str) -> dict[str, Any]:
+        registry.get(name)
+        return openai_model_card(ctx, name)
+
+    for prefix in PREFIXES:
+        router.add_api_route(f"{prefix}/completions", completions, methods=["POST"])
+        router.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
+        router.add_api_route(f"{prefix}/embeddings", embeddings, methods=["POST"])
+    router.add_api_route("/openai/v1/models", list_models, methods=["GET"])
+    router.add_api_route("/openai/v1/models/{name:path}", get_model, methods=["GET"])
+    return router
+
+
+# ---- answering -------------------------------------------------------------------------------
+
+
+async def _answer(request: Request, job: _Job) -> Response:
+    if job.stream:
+        return await _stream(request, job)
+    return JSONResponse(await cancel_on_disconnect(request, _collect(job)))
+
+
+async def _collect(job: _Job) -> dict[str, Any]:
+    choices = {s.index: resp.ChoiceState(index=s.index, prompt_tokens=s.prompt_tokens)
+               for s in job.seqs}
+    async with contextlib.aclosing(job.events()) as events:
+        async for ev in events:
+            c = choices[ev.index]
+            _accumulate(job, c, ev)
+    ordered = [choices[i] for i in sorted(choices)]
+    if job.echo is not None:
+        for c in ordered:
+            c.text = job.echo[c.index // job.n] + c.text
+    prompt_tokens = _prompt_tokens(job, ordered)
+    build = resp.chat_response if job.chat else resp.completion_response
+    return build(job.rid, job.created, job.model, ordered, prompt_tokens,
+                 job.logprobs is not None)
+
+
+def _accumulate(job: _Job, c: resp.ChoiceState, ev: Event) -> None:
+    c.text += ev.text
+    c.completion_tokens += len(ev.token_ids)
+    if ev.prompt_tokens:
+        c.prompt_tokens = ev.prompt_tokens if not c.prompt_tokens else c.prompt_tokens
+    if ev.finish_reason is not None:
+        c.finish_reason = ev.finish_reason
+    if job.logprobs is not None:
+        tokens, lps, tops = _logprob_lists(job, ev)
+        c.tokens += tokens
+        c.token_logprobs += lps
+        c.top_logprobs += tops
+
+
+def _logprob_lists(job: _Job, ev: Event) -> tuple[list[str], list[float], list[dict[str, float]]]:
+    tokens = [token_text(job.tokenizer, t) for t in ev.token_ids]
+    lps = list(ev.logprobs or [0.0] * len(tokens))
+    tops = [
+        {token_text(job.tokenizer, t): lp for t, lp in top.items()}
+        for top in (ev.top_logprobs or [{} for _ in tokens])
+    ]
+    return tokens, lps, tops
+
+
+def _prompt_tokens(job: _Job, choices: list[resp.ChoiceState]) -> int:
+    """Each prompt counted once (not once per ``n``)."""
+    return sum(c.prompt_tokens for c in choices if c.index % job.n == 0)
+
+
+async def _stream(request: Request, job: _Job) -> Response:
+    events = job.events()
+    # The first event is awaited before any byte is sent: admission errors (429/503), an
+    # immediate model failure or a deadline are then ordinary HTTP errors with their status.
+    try:
+        first = await cancel_on_disconnect(request, anext(events))
+    except BaseException:
+        await events.aclose()
+        raise
+    return sse.EventStreamResponse(_sse_body(job, first, events),
+                                   on_close=events.aclose)
+
+
+async def _sse_body(job: _Job, first: Event, events: AsyncGenerator[Event, None]
+                    ) -> AsyncIterator[bytes]:
+    prompt_tokens = {s.index: s.prompt_tokens for s in job.seqs}
+    completion_tokens = dict.fromkeys(prompt_tokens, 0)
+    usage_extra = {"usage": None} if job.include_usage else {}
+    obj = "chat.completion.chunk" if job.chat else "text_completion"
+
+    def chunk(index: int, text: str, finish: str | None, ev: Event | None) -> bytes:
+        lp = None
+        if job.logprobs is not None and ev is not None and ev.token_ids:
+            tokens, lps, tops = _logprob_lists(job, ev)
+            lp = (resp.chat_logprobs_body(tokens, lps, tops) if job.chat
+                  else resp.completion_logprobs_body(tokens, lps, tops))
+        if job.chat:
+            delta = {"content": text} if text or finish is None else {}
+            body = resp.chat_chunk(job.rid, job.created, job.model, index, delta, finish, lp)
+        else:
+            body = resp.completion_chunk(job.rid, job.created, job.model, index, text, finish, lp)
+        return sse.event({**body, **usage_extra})
+
+    try:
+        for s in job.seqs:
+            if job.chat:
+                yield sse.event({**resp.chat_chunk(job.rid, job.created, job.model, s.index,
+                                                 {"role": "assistant", "content": ""}, None),
+                                 **usage_extra})
+            elif job.echo is not None:
+                yield chunk(s.index, job.echo[s.index // job.n], None, None)
+        ev: Event | None = first
+        while ev is not None:
+            completion_tokens[ev.index] += len(ev.token_ids)
+            if ev.prompt_tokens and not prompt_tokens[ev.index]:
+                prompt_tokens[ev.index] = ev.prompt_tokens
+            if ev.text or ev.finish_reason is not None or job.logprobs is not None:
+                yield chunk(ev.index, ev.text, ev.finish_reason, ev)
+            ev = await anext(events, None)
+        if job.include_usage:
+            prompt_total = sum(v for k, v in prompt_tokens.items() if k % job.n == 0)
+            yield sse.event(resp.usage_chunk(job.rid, job.created, job.model, obj, prompt_total,
+                                           sum(completion_tokens.values())))
+        yield sse.DONE
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        yield sse.event(error_payload(exc))

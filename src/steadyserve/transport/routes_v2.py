@@ -10,11 +10,15 @@ from starlette.responses import JSONResponse, Response
 
 from steadyserve import __version__
 from steadyserve.engine.client import ModelEngine
-from steadyserve.errors import ModelNotFound, UnsupportedEndpoint
-from steadyserve.protocol import v2
-from steadyserve.transport.common import cancel_on_disconnect, read_json, request_timeout
+from steadyserve.errors import ModelNotFound
+from steadyserve.protocol import v2, v2_binary
+from steadyserve.transport.common import (
+    cancel_on_disconnect,
+    parse_json_bytes,
+    read_json,
+    request_timeout,
+)
 from steadyserve.transport.context import ServerContext
-from steadyserve.types import Capability
 
 EXTENSIONS = ["model_repository", "binary_tensor_data", "openai"]
 
@@ -57,11 +61,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         engine = engine_for(name, version)
         info = engine.require_ready_info()
-        if Capability.INFER not in info.capabilities:
-            raise UnsupportedEndpoint(
-                f"model {name} does not support V2 inference; it supports: "
-                f"{', '.join(info.capabilities) or 'nothing'}"
-            )
+        v2.check_infer_capability(info)
         req = await decode_request(request)
         v2.check_against_metadata(req, info)
         result = await cancel_on_disconnect(
@@ -81,9 +81,26 @@ def build_router(ctx: ServerContext) -> APIRouter:
 
 
 async def decode_request(request: Request) -> v2.InferRequest:
-    """JSON body (the binary extension hooks in here)."""
-    return v2.decode_infer_request(await read_json(request))
+    """JSON body, or - with ``Inference-Header-Content-Length`` - the binary tensor extension:
+    a JSON header followed by the raw bytes of the inputs that declare ``binary_data_size``."""
+    raw_length = request.headers.get(v2_binary.HEADER_LENGTH)
+    if raw_length is None:
+        return v2.decode_infer_request(await read_json(request))
+    body = await request.body()
+    length = v2_binary.parse_header_length(raw_length, len(body))
+    header = parse_json_bytes(body[:length])
+    binary_inputs = v2_binary.split_binary_inputs(header, body[length:])
+    return v2.decode_infer_request(header, binary_inputs)
 
 
 def encode_response(request: Request, req: v2.InferRequest, result: v2.InferResponse) -> Response:
-    return JSONResponse(v2.encode_infer_response(result))
+    """JSON, or JSON header + raw output bytes when the request asked for binary outputs."""
+    framed = v2_binary.encode_binary_response(req, result)
+    if framed is None:
+        return JSONResponse(v2.encode_infer_response(result))
+    content, header_length = framed
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )

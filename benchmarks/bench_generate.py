@@ -1,0 +1,371 @@
+"""Generation throughput and latency: the model's own ``generate()`` against the continuous
+batcher, in process and behind the server's OpenAI completions route, in ONE run.
+
+For each model (a t5-small-shaped and a gpt2-shaped model with random weights, built by
+``steadyserve.runtimes.huggingface.tiny`` and cached in ``--cache_dir``) and each batch size:
+
+* ``generate``  - the in-process ceiling: one batched ``model.generate()`` (greedy, exactly
+  ``--new_tokens`` new tokens: ``min_new_tokens`` = ``max_new_tokens``) over the same prompts;
+* ``engine``    - :class:`ContinuousBatcher` driven in process (no server): all requests added
+  at once, ``step()`` until done;
+* ``server``    - ``steadyserve serve --model_dir DIR`` in a subprocess, driven on
+  ``/openai/v1/completions`` (token-id prompts, ``max_tokens`` = ``min_tokens`` = new tokens,
+  ``ignore_eos``) by closed-loop clients at concurrency = batch size.
+
+Ceiling and engine runs alternate (``--repeats`` times each, the median is kept) so that load
+from other processes on a shared machine hits both alike; ratios are what to read. Prints a table
+and writes JSON to ``benchmarks/results/``. Also measures ``transformers``' own continuous
+batching (``generate_batch``) for the decoder-only model with ``--hf_cb``.
+
+    python benchmarks/bench_generate.py                      # both models, batches 1 8 32
+    python benchmarks/bench_generate.py --models t5 --batches 1 32 --no_server
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS = {"t5": ("t5-small", "t5-small"), "gpt2": ("gpt2", "gpt2")}
+
+
+def build(kind: str, cache_dir: Path) -> Path:
+    """The model directory for ``kind`` (built once, then reused from the cache)."""
+    from steadyserve.runtimes.huggingface import tiny
+
+    preset, name = PRESETS[kind]
+    path = cache_dir / f"bench-{name}"
+    if not (path / "config.json").exists():
+        print(f"building {name}-shaped model in {path} ...", flush=True)
+        if kind == "t5":
+            tiny.build_t5(path, preset=preset)
+        else:
+            tiny.build_gpt2(path, preset=preset)
+    return path
+
+
+def load(kind: str, path: Path) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    cls = AutoModelForSeq2SeqLM if kind == "t5" else AutoModelForCausalLM
+    return cls.from_pretrained(str(path)).eval()
+
+
+def make_prompts(model: Any, n: int, seed: int = 0) -> list[list[int]]:
+    """``n`` prompts of 12-27 random token ids (deterministic)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    vocab = int(model.config.vocab_size)
+    return [torch.randint(5, vocab, (12 + (i * 7) % 16,), generator=g).tolist() for i in range(n)]
+
+
+# ---- the in-process ceiling: model.generate() ---------------------------------------------------
+def run_generate(model: Any, prompts: list[list[int]], new_tokens: int) -> float:
+    """Seconds for one batched greedy ``generate()`` of exactly ``new_tokens`` per prompt."""
+    import torch
+
+    enc_dec = bool(model.config.is_encoder_decoder)
+    pad = int(model.config.pad_token_id if model.config.pad_token_id is not None else 0)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        sl = slice(0, len(p)) if enc_dec else slice(width - len(p), width)
+        ids[i, sl] = torch.tensor(p)
+        mask[i, sl] = 1
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=pad,
+        )
+    took = time.perf_counter() - t0
+    produced = out.shape[1] - (1 if enc_dec else width)
+    assert produced == new_tokens, f"generate produced {produced} tokens, not {new_tokens}"
+    return took
+
+
+# ---- the engine, in process ---------------------------------------------------------------------
+def run_engine(model: Any, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
+    """Seconds for the continuous batcher to finish all prompts added at once, and each
+    request's latency."""
+    from steadyserve.runtimes.huggingface.generation import ContinuousBatcher
+    from steadyserve.types import GenerateRequest, SamplingParams
+
+    cfg = model.config
+    engine = ContinuousBatcher(
+        model,
+        eos_token_ids=[int(cfg.eos_token_id)],
+        pad_token_id=int(cfg.pad_token_id if cfg.pad_token_id is not None else 0),
+        max_num_seqs=max(32, len(prompts)),
+        max_model_len=1024,
+    )
+    params = SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, temperature=0.0)
+    t0 = time.perf_counter()
+    for i, p in enumerate(prompts):
+        engine.add(str(i), GenerateRequest(prompt_token_ids=p, params=params))
+    done: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    while engine.has_work():
+        for rid, item in engine.step():
+            if isinstance(item, BaseException):
+                raise item
+            counts[rid] = counts.get(rid, 0) + len(item.token_ids)
+            if item.finish_reason is not None:
+                done[rid] = time.perf_counter() - t0
+    took = time.perf_counter() - t0
+    assert all(c == new_tokens for c in counts.values()) and len(counts) == len(prompts)
+    return took, list(done.values())
+
+
+def run_hf_cb(model: Any, prompts: list[list[int]], new_tokens: int) -> float:
+    """Seconds for transformers' own continuous batching (``generate_batch``)."""
+    from transformers import GenerationConfig
+
+    cfg = model.config
+    gen = GenerationConfig(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=cfg.eos_token_id,
+        pad_token_id=cfg.pad_token_id,
+    )
+    t0 = time.perf_counter()
+    model.generate_batch(prompts, generation_config=gen, warmup=False)
+    return time.perf_counter() - t0
+
+
+# ---- the server ------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_has_completions() -> bool:
+    routes = ROOT / "src" / "steadyserve" / "transport" / "routes_openai.py"
+    return routes.exists() and "/completions" in routes.read_text()
+
+
+@contextlib.contextmanager
+def serve(model_dir: Path, max_num_seqs: int, timeout: float = 180.0) -> Any:
+    """``steadyserve serve`` on a free loopback port; yields its base URL."""
+    import httpx
+
+    port = _free_port()
+    log = tempfile.NamedTemporaryFile(prefix="bench-serve-", suffix=".log", delete=False)  # noqa: SIM115
+    cmd = [
+        sys.executable, "-m", "steadyserve", "serve",
+        "--model_dir", str(model_dir), "--model_name", "bench",
+        "--host", "127.0.0.1", "--http_port", str(port),
+        "--max_num_seqs", str(max_num_seqs),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("STORAGE_URI", "MODEL_NAME")}
+    env.setdefault("STEADYSERVE_WORKER_LOG_LEVEL", "WARNING")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited ({proc.returncode}): {_tail(log.name)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready after {timeout}s: {_tail(log.name)}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(log.name)
+
+
+def _tail(path: str, n: int = 1500) -> str:
+    return Path(path).read_text(errors="replace")[-n:]
+
+
+def run_server_load(
+    url: str, prompts: list[list[int]], new_tokens: int, concurrency: int, total: int
+) -> dict[str, Any]:
+    from benchmarks.loadgen import run_load
+
+    def body(i: int) -> dict[str, Any]:
+        return {
+            "model": "bench",
+            "prompt": prompts[i % len(prompts)],
+            "max_tokens": new_tokens,
+            "min_tokens": new_tokens,
+            "ignore_eos": True,
+            "temperature": 0.0,
+        }
+
+    def usage(resp: Any) -> int:
+        return int(resp.json()["usage"]["completion_tokens"])
+
+    res = asyncio.run(
+        run_load(
+            url + "/openai/v1/completions",
+            body,
+            concurrency=concurrency,
+            total=total,
+            duration_s=120.0,
+            on_response=usage,
+        )
+    )
+    tokens = sum(res.payload)
+    return {
+        "requests": res.ok,
+        "errors": res.errors,
+        "tokens_per_s": tokens / res.elapsed if res.elapsed else 0.0,
+        "p50_ms": res.p50 * 1000,
+        "p99_ms": res.pct(0.99) * 1000,
+        "tokens_checked": all(t == new_tokens for t in res.payload),
+    }
+
+
+# ---- driver ----------------------------------------------------------------------------------
+def bench_model(kind: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    import torch
+
+    path = build(kind, Path(args.cache_dir))
+    model = load(kind, path)
+    prompts = make_prompts(model, max(args.batches))
+    n = args.new_tokens
+    rows: list[dict[str, Any]] = []
+    # warm-up (first calls allocate and pick kernels)
+    run_generate(model, prompts[:2], 4)
+    run_engine(model, prompts[:2], 4)
+    ceiling: dict[int, dict[str, float]] = {}
+    for b in args.batches:
+        gen_times, eng_times, eng_lat = [], [], []
+        for _ in range(args.repeats):
+            gen_times.append(run_generate(model, prompts[:b], n))
+            took, lats = run_engine(model, prompts[:b], n)
+            eng_times.append(took)
+            eng_lat.extend(lats)
+        g, e = statistics.median(gen_times), statistics.median(eng_times)
+        ceiling[b] = {"tokens_per_s": b * n / g, "latency_ms": g * 1000}
+        rows.append(_row(kind, "generate", b, b * n / g, g * 1000, g * 1000, ceiling[b]))
+        rows.append(
+            _row(kind, "engine", b, b * n / e, statistics.median(eng_lat) * 1000,
+                 max(eng_lat) * 1000, ceiling[b])
+        )  # fmt: skip
+        if args.hf_cb and not model.config.is_encoder_decoder:
+            try:
+                h = statistics.median(run_hf_cb(model, prompts[:b], n) for _ in range(args.repeats))
+                rows.append(_row(kind, "hf generate_batch", b, b * n / h, h * 1000, h * 1000, ceiling[b]))
+            except Exception as exc:  # noqa: BLE001 - report, do not stop the run
+                rows.append({"model": kind, "mode": "hf generate_batch", "batch": b, "error": str(exc)[:200]})
+        print(f"  {kind} batch {b}: generate {b * n / g:.1f} tok/s, engine {b * n / e:.1f} tok/s", flush=True)
+    del model
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if args.no_server:
+        return rows
+    if not server_has_completions():
+        rows.append({"model": kind, "mode": "server", "error": "no /openai/v1/completions route yet"})
+        return rows
+    try:
+        with serve(path, max(args.batches)) as url:
+            # warm-up request
+            run_server_load(url, prompts, 4, 1, 1)
+            for c in args.batches:
+                r = run_server_load(url, prompts, n, c, total=max(2 * c, args.min_requests))
+                row = _row(kind, "server", c, r["tokens_per_s"], r["p50_ms"], r["p99_ms"], ceiling[c])
+                row.update(requests=r["requests"], errors=r["errors"], exact_tokens=r["tokens_checked"])
+                rows.append(row)
+                print(f"  {kind} server c={c}: {r['tokens_per_s']:.1f} tok/s", flush=True)
+    except Exception as exc:  # noqa: BLE001 - report, do not stop the run
+        rows.append({"model": kind, "mode": "server", "error": str(exc)[:500]})
+    return rows
+
+
+def _row(
+    kind: str, mode: str, batch: int, tps: float, p50: float, p99: float, ceiling: dict[str, float]
+) -> dict[str, Any]:
+    return {
+        "model": kind,
+        "mode": mode,
+        "batch": batch,
+        "tokens_per_s": round(tps, 1),
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "x_ceiling_tps": round(tps / ceiling["tokens_per_s"], 3),
+        "x_ceiling_latency": round(p50 / ceiling["latency_ms"], 3),
+    }
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    keys = ["model", "mode", "batch", "tokens_per_s", "p50_ms", "p99_ms", "x_ceiling_tps",
+            "x_ceiling_latency", "error"]  # fmt: skip
+    keys = [k for k in keys if any(k in r for r in rows)]
+    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
+    print("  ".join(k.rjust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(str(r.get(k, "")).rjust(widths[k]) for k in keys))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=sorted(PRESETS), default=["t5", "gpt2"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--new_tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min_requests", type=int, default=4, help="server: fewest requests per level")
+    parser.add_argument("--cache_dir", default=str(ROOT / ".cache" / "bench-models"))
+    parser.add_argument("--no_server", action="store_true", help="skip the server runs")
+    parser.add_argument("--hf_cb", action="store_true", help="also time transformers' generate_batch")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows: list[dict[str, Any]] = []
+    for kind in args.models:
+        rows.extend(bench_model(kind, args))
+    print()
+    print_rows(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"generate-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    meta = {
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_end": os.getloadavg(),
+    }
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""OpenAI API codec: validation against the model, wire ⇄ neutral types (pure, no I/O).
+
+The routes (``transport/routes_openai.py``) parse a body with :mod:`openai_schema`, then call
+these functions, which raise :class:`~steadyserve.errors.InvalidInput` (400, ``param`` named) or
+:class:`~steadyserve.errors.UnsupportedEndpoint` for anything the model cannot serve - before
+anything reaches the engine - and build OpenAI-shaped responses and stream chunks.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from steadyserve.errors import InvalidInput, UnsupportedEndpoint
+from steadyserve.protocol.openai_schema import ChatMessage, ChatRequest, CompletionRequest
+from steadyserve.types import Capability, ModelInfo, SamplingParams
+
+MAX_N = 16
+MAX_SEQUENCES = 64
+MAX_PROMPTS = 64
+MAX_STOP = 4
+MAX_STOP_CHARS = 256
+MAX_LOGPROBS = 20
+MAX_EMBED_INPUTS = 2048
+MAX_SEED = 2**63 - 1 - MAX_SEQUENCES
+DEFAULT_COMPLETION_TOKENS = 16
+
+_ENDPOINTS = {
+    Capability.GENERATE: "completions",
+    Capability.CHAT: "chat completions",
+    Capability.EMBED: "embeddings",
+    Capability.PREDICT: "v1",
+    Capability.INFER: "v2",
+}
+
+
+def supported(info: ModelInfo) -> str:
+    """The endpoints a model serves, for error messages: ``completions, v1, v2``."""
+    names = [_ENDPOINTS[c] for c in _ENDPOINTS if c in info.capabilities]
+    return ", ".join(names) or "nothing"
+
+
+def require(info: ModelInfo, capability: str, what: str, reason: str = "") -> None:
+    """400 naming what the model does support, unless it declares ``capability``."""
+    if capability not in info.capabilities:
+        detail = f" ({reason})" if reason else ""
+        raise UnsupportedEndpoint(
+            f"model {info.name} does not support {what}{detail}; it supports: {supported(info)}",
+            param="model",
+        )
+
+
+def chat_refusal_reason(info: ModelInfo) -> str:
+    """Why a model lacks chat: encoder-decoder, or no chat template."""
+    if info.is_encoder_decoder:
+        return "encoder-decoder model, no chat template"
+    return "no chat template"
+
+
+# ---- sampling ----------------------------------------------------------------------------------
+
+
+def _in_range(value: float | None, name: str, lo: float, hi: float, *, lo_open: bool = False) -> None:
+    if value is None:
+        return
+    ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        bracket = "(" if lo_open else "["
+        raise InvalidInput(f"'{name}' must be in {bracket}{lo}, {hi}], got {value}", param=name)
+
+
+def stop_strings(stop: str | list[str] | None) -> list[str]:
+    """Validated stop strings (at most 4, each at most 256 characters)."""
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    if len(stops) > MAX_STOP:
+        raise InvalidInput(f"'stop' has {len(stops)} entries; at most {MAX_STOP}", param="stop")
+    for s in stops:
+        if len(s) > MAX_STOP_CHARS:
+            raise InvalidInput(
+                f"each 'stop' entry must be at most {MAX_STOP_CHARS} characters", param="stop"
+            )
+    return [s for s in stops if s]
+
+
+def check_token_ids(ids: Sequence[int], vocab_size: int | None, param: str) -> None:
+    """Token ids must be in ``[0, vocab_size)``."""
+    limit = vocab_size if vocab_size is not None else 2**31
+    for t in ids:
+        if not 0 <= t < limit:
+            raise InvalidInput(
+                f"token id {t} in '{param}' is out of range [0, {limit})", param=param
+            )
+
+
+def sampling_params(
+    req: CompletionRequest | ChatRequest,
+    info: ModelInfo,
+    *,
+    logprobs: int | None,
+) -> SamplingParams:
+    """Range-check the sampling fields shared by completions and chat; ``max_tokens`` is set
+    later (it may depend on the prompt length)."""
+    if not 1 <= req.n <= MAX_N:
+        raise InvalidInput(f"'n' must be in [1, {MAX_N}], got {req.n}", param="n")
+    if req.best_of is not None and req.best_of != req.n:
+        raise InvalidInput("'best_of' is only supported when equal to 'n'", param="best_of")
+    _in_range(req.temperature, "temperature", 0.0, 2.0)
+    _in_range(req.top_p, "top_p", 0.0, 1.0, lo_open=True)
+    _in_range(req.presence_penalty, "presence_penalty", -2.0, 2.0)
+    _in_range(req.frequency_penalty, "frequency_penalty", -2.0, 2.0)
+    _in_range(req.repetition_penalty, "repetition_penalty", 0.0, 2.0, lo_open=True)
+    if req.top_k is not None and req.top_k < -1:
+        raise InvalidInput("'top_k' must be >= 0 (0 or -1: off)", param="top_k")
+    if req.min_tokens < 0:
+        raise InvalidInput("'min_tokens' must be >= 0", param="min_tokens")
+    if req.seed is not None and not -MAX_SEED <= req.seed <= MAX_SEED:
+        raise InvalidInput("'seed' is out of range (64-bit integer)", param="seed")
+    if req.response_format is not None and req.response_format.type != "text":
+        raise InvalidInput(
+            f"response_format type '{req.response_format.type[:50]}' is not supported; "
+            "only 'text'",
+            param="response_format",
+        )
+    bias: dict[int, float] = {}
+    for key, value in (req.logit_bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise InvalidInput(
+                f"logit_bias key '{key[:50]}' is not a token id", param="logit_bias"
+            ) from None
+        check_token_ids([token], info.vocab_size, "logit_bias")
+        if not (math.isfinite(value) and -100 <= value <= 100):
+            raise InvalidInput("logit_bias values must be in [-100, 100]", param="logit_bias")
+        bias[token] = float(value)
+    stop_ids = list(req.stop_token_ids or [])
+    check_token_ids(stop_ids, info.vocab_size, "stop_token_ids")
+    return SamplingParams(
+        temperature=1.0 if req.temperature is None else float(req.temperature),
+        top_p=1.0 if req.top_p is None else float(req.top_p),
+        top_k=max(0, req.top_k or 0),
+        seed=req.seed,
+        min_tokens=req.min_tokens,
+        ignore_eos=req.ignore_eos,
+        stop_token_ids=stop_ids,
+        logprobs=logprobs,
+        logit_bias=bias,
+        repetition_penalty=1.0 if req.repetition_penalty is None else float(req.repetition_penalty),
+        presence_penalty=float(req.presence_penalty or 0.0),
+        frequency_penalty=float(req.frequency_penalty or 0.0),
+    )
+
+
+def completion_logprobs(req: CompletionRequest) -> int | None:
+    if req.logprobs is None:
+        return None
+    if not 0 <= req.logprobs <= MAX_LOGPROBS:
+        raise InvalidInput(f"'logprobs' must be in [0, {MAX_LOGPROBS}]", param="logprobs")
+    if req.echo:
+        raise InvalidInput("'echo' with 'logprobs' is not supported", param="echo")
+    return req.logprobs
+
+
+def chat_logprobs(req: ChatRequest) -> int | None:
+    if req.top_logprobs is not None:
+        if not 0 <= req.top_logprobs <= MAX_LOGPROBS:
+            raise InvalidInput(
+                f"'top_logprobs' must be in [0, {MAX_LOGPROBS}]", param="top_logprobs"
+            )
+        if not req.logprobs:
+            raise InvalidInput("'top_logprobs' requires 'logprobs': true", param="top_logprobs")
+    return (req.top_logprobs or 0) if req.logprobs else None
+
+
+def requested_max_tokens(req: CompletionRequest | ChatRequest) -> int | None:
+    """``max_tokens`` (or chat's ``max_completion_tokens``), validated >= 1; None if unset."""
+    value, name = req.max_tokens, "max_tokens"
+    if isinstance(req, ChatRequest) and req.max_completion_tokens is not None:
+        value, name = req.max_completion_tokens, "max_completion_tokens"
+    if value is not None and value < 1:
+        raise InvalidInput(f"'{name}' must be >= 1, got {value}", param=name)
+    return value
+
+
+def resolve_max_tokens(
+    requested: int | None, prompt_tokens: int, info: ModelInfo, *, default: int | None
+) -> int:
+    """The completion budget: prompt + max_tokens must fit ``max_model_len`` (400 naming both)."""
+    limit = info.max_model_len
+    if limit is not None and prompt_tokens >= limit:
+        raise InvalidInput(
+            f"the prompt has {prompt_tokens} tokens; this model's context is {limit} tokens",
+            param="prompt",
+        )
+    if requested is None:
+        requested = default if default is not None else (limit - prompt_tokens if limit else 16)
+        if limit is not None:
+            requested = min(requested, limit - prompt_tokens)
+        return requested
+    if limit is not None and prompt_tokens + requested > limit:
+        raise InvalidInput(
+            f"prompt_tokens ({prompt_tokens}) + max_tokens ({requested}) = "
+            f"{prompt_tokens + requested} exceeds this model's context of {limit} tokens",
+            param="max_tokens",
+        )
+    return requested
+
+
+# ---- prompts -----------------------------------------------------------------------------------
+
+
+def normalize_prompts(
+    prompt: str | list[str] | list[int] | list[list[int]], param: str = "prompt"
+) -> list[str | list[int]]:
+    """One entry per prompt: a string or a list of token ids (at most 64, none empty)."""
+    if isinstance(prompt, str):
+        items: list[Any] = [prompt]
+    elif not prompt:
+        raise InvalidInput(f"'{param}' must not be empty", param=param)
+    elif isinstance(prompt[0], int):
+        items = [prompt]
+    else:
+        items = list(prompt)
+    if len(items) > MAX_PROMPTS:
+        raise InvalidInput(
+            f"'{param}' has {len(items)} entries; at most {MAX_PROMPTS}", param=param
+        )
+    for item in items:
+        if len(item) == 0:
+            raise InvalidInput(f"'{param}' must not contain an empty prompt", param=param)
+    return items
+
+
+def chat_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as plain dicts for a chat template; text content parts are joined."""
+    if not messages:
+        raise InvalidInput("'messages' must not be empty", param="messages")
+    if len(messages) > 4096:
+        raise InvalidInput("'messages' has too many entries (max 4096)", param="messages")
+    out: list[dict[str, Any]] = []
+    for i, msg in enumerate(messages):
+        if msg.role not in ("system", "developer", "user", "assistant", "tool"):
+            raise InvalidInput(
+                f"messages[{i}].role '{msg.role[:50]}' is not one of system, developer, user, "
+                "assistant, tool",
+                param=f"messages[{i}].role",
+            )
+        content = msg.content
+        if isinstance(content, list):
+            texts = []
+            for j, part in enumerate(content):
+                if part.type != "text" or part.text is None:
+                    raise InvalidInput(
+                        f"messages[{i}].content[{j}]: only text content parts are supported",
+                        param=f"messages[{i}].content",
+                    )
+                texts.append(part.text)
+            content = "\n".join(texts)
+        entry: dict[str, Any] = {"role": msg.role, "content": content or ""}
+        if msg.name is not None:
+            entry["name"] = msg.name
+        out.append(entry)
+    return out
+
+
+def check_chat_extras(req: ChatRequest, allow_request_template: bool) -> None:
+    """Refuse what chat cannot honour: tools, and per-request templates unless allowed."""
+    if req.tools:
+        raise InvalidInput("'tools' are not supported", param="tools")
+    if (req.chat_template is not None or req.chat_template_kwargs) and not allow_request_template:
+        param = "chat_template" if req.chat_template is not None else "chat_template_kwargs"
+        raise InvalidInput(
+            f"'{param}' in a request is disabled on this server "
+            "(enable with --allow_request_chat_template)",
+            param=param,
+        )
+
+
+#: apply_chat_template / renderer arguments a request's chat_template_kwargs may not set
+RESERVED_TEMPLATE_KWARGS = frozenset({
+    "messages", "conversation", "tokenize", "add_generation_prompt", "chat_template",
+    "continue_final_message", "return_tensors", "return_dict", "return_assistant_tokens_mask",
+    "padding", "truncation", "max_length", "tokenizer_kwargs", "tools", "documents",
+    "bos_token", "eos_token",
+})
+
+
+def template_kwargs(req: ChatRequest) -> dict[str, Any]:
+    """``chat_template_kwargs`` as extra template variables (never the renderer's own
+    arguments)."""
+    kwargs = dict(req.chat_template_kwargs or {})
+    for key in kwargs:
+        if not key.isidentifier() or key in RESERVED_TEMPLATE_KWARGS:
+            raise InvalidInput(f"chat_template_kwargs may not set '{key[:50]}'",
+                               param="chat_template_kwargs")
+    return kwargs
+
+
+class TemplateError(InvalidInput):
+    """A request chat template failed, ran too long, or rendered too much."""
+
+
+def render_template_sandboxed(
+    template: str,
+    variables: dict[str, Any],
+    *,
+    time_limit_s: float = 2.0,
+    max_chars: int = 1_000_000,
+) -> str:
+    """Render a client-supplied Jinja template in an immutable sandbox, bounded in time (a
+    tracer stops it between lines) and in output size. Blocking: call it off the event loop."""
+    from jinja2 import TemplateError as JinjaError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    try:
+        compiled = env.from_string(template)
+    except JinjaError as exc:
+        raise TemplateError(f"chat_template is invalid: {exc}", param="chat_template") from None
+    deadline = time.monotonic() + time_limit_s
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if time.monotonic() > deadline:
+            raise TimeoutError("chat template rendering took too long")
+        return tracer
+
+    parts: list[str] = []
+    size = 0
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        for chunk in compiled.generate(**variables):
+            size += len(chunk)
+            if size > max_chars:
+                raise TemplateError(
+                    f"chat_template rendered more than {max_chars} characters",
+                    param="chat_template",
+                )
+            parts.append(chunk)
+    except TimeoutError:
+        raise TemplateError(
+            f"chat_template did not render within {time_limit_s}s", param="chat_template"
+        ) from None
+    except (JinjaError, TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        raise TemplateError(f"chat_template failed: {exc}", param="chat_template") from None
+    finally:
+        sys.settrace(previous)
+    return "".join(parts)
+
+
+# ---- whole requests ------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """The model-independent outcome of validating a generation request."""
+
+    params: SamplingParams
+    stops: list[str]
+    max_tokens: int | None
+    logprobs: int | None
+    prompts: list[str | list[int]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+def plan_completion(req: CompletionRequest, info: ModelInfo) -> Plan:
+    """Validate a completions request against the model (before tokenization)."""
+    require(info, Capability.GENERATE, "completions")
+    if req.suffix:
+        raise InvalidInput("'suffix' is not supported", param="suffix")
+    logprobs = completion_logprobs(req)
+    params = sampling_params(req, info, logprobs=logprobs)
+    plan = Plan(params, stop_strings(req.stop), requested_max_tokens(req), logprobs,
+                prompts=normalize_prompts(req.prompt))
+    if len(plan.prompts) * req.n > MAX_SEQUENCES:
+        raise InvalidInput(
+            f"{len(plan.prompts)} prompts x n={req.n} is more than {MAX_SEQUENCES} sequences",
+            param="n",
+        )
+    _check_min_tokens(plan)
+    return plan
+
+
+def chat_allowed(req: ChatRequest, info: ModelInfo, allow_request_template: bool) -> None:
+    """400 unless the model can chat: it has a chat template, or the request brings one (when
+    the server allows it) for a decoder-only generative model with a tokenizer."""
+    own = req.chat_template is not None and allow_request_template
+    if not (own and Capability.GENERATE in info.capabilities and info.tokenizer_dir
+            and not info.is_encoder_decoder):
+        require(info, Capability.CHAT, "chat completions", chat_refusal_reason(info))
+
+
+def plan_chat(req: ChatRequest, info: ModelInfo, allow_request_template: bool) -> Plan:
+    """Validate a chat request against the model (before rendering and tokenization)."""
+    chat_allowed(req, info, allow_request_template)
+    check_chat_extras(req, allow_request_template)
+    messages = chat_messages(req.messages)
+    template_kwargs(req)
+    logprobs = chat_logprobs(req)
+    params = sampling_params(req, info, logprobs=logprobs)
+    plan = Plan(params, stop_strings(req.stop), requested_max_tokens(req), logprobs,
+                messages=messages)
+    _check_min_tokens(plan)
+    return plan
+
+
+def _check_min_tokens(plan: Plan) -> None:
+    if plan.max_tokens is not None and plan.params.min_tokens > plan.max_tokens:
+        raise InvalidInput("'min_tokens' must not exceed 'max_tokens'", param="min_tokens")
+
+
+# ---- embeddings ----------------------------------------------------------------------------
+
+
+def embedding_inputs(
+    value: str | list[str] | list[int] | list[list[int]], info: ModelInfo
+) -> tuple[list[str] | None, list[list[int]] | None]:
+    """Texts or token-id lists (at most 2048, none empty)."""
+    if isinstance(value, str):
+        items: list[Any] = [value]
+    elif not value:
+        raise InvalidInput("'input' must not be empty", param="input")
+    elif isinstance(value[0], int):
+        items = [value]
+    else:
+        items = list(value)
+    if len(items) > MAX_EMBED_INPUTS:
+        raise InvalidInput(f"'input' has {len(items)} entries; at most {MAX_EMBED_INPUTS}",
+                           param="input")
+    for item in items:
+        if len(item) == 0:
+            raise InvalidInput("'input' must not contain an empty string or array", param="input")
+    if isinstance(items[0], str):
+        return [str(x) for x in items], None
+    ids = [list(x) for x in items]
+    for row in ids:
+        check_token_ids(row, info.vocab_size, "input")
+    return None, ids

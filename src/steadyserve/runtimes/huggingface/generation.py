@@ -1,0 +1,381 @@
+"""Continuous (iteration-level) batching for Hugging Face generation models.
+
+:class:`ContinuousBatcher` implements :class:`steadyserve.model.GenerationEngine` for decoder-only
+models (GPT-2's absolute positions, Llama's RoPE, ...) and encoder-decoder models (T5). The
+worker's scheduler calls ``add`` / ``abort`` between steps and ``step`` while ``has_work()``.
+
+Each ``step``:
+
+1. runs one decoding iteration for every running sequence (one forward pass over the batch, one
+   new token per row) and drops the rows that finished, freeing their KV memory at once;
+2. prefills the waiting requests that fit in the free slots (batched among themselves: left-padded
+   prompts for decoder-only models; for encoder-decoder models the encoder plus the first decoder
+   step), picks their first token, and merges them into the running batch.
+
+The batch state lives in :mod:`.kvcache` (a padded ``DynamicCache`` with an attention mask and
+explicit positions); token choice in :mod:`.sampling`. A request that cannot be served (no prompt,
+a prompt longer than ``max_model_len``, token ids outside the vocabulary, bad parameters) is
+refused in ``add`` with :class:`~steadyserve.errors.InvalidInput`; a prefill that raises fails only
+the requests that raise when prefilled alone. If the decoding step itself raises, the scheduler
+fails every running request and calls ``reset``.
+
+Token accounting: every chosen token is emitted, the EOS or stop token that ends a sequence
+included (as vLLM does); the decoder start token of encoder-decoder models is never emitted.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+
+from steadyserve.errors import InvalidInput
+from steadyserve.runtimes.huggingface.kvcache import Batch, Seq, new_cache
+from steadyserve.runtimes.huggingface.sampling import Selection, select_tokens, stop_ids
+from steadyserve.types import GenerateRequest, SamplingParams, TokenDelta
+
+#: at most this many (padded) prompt tokens are prefilled in one forward pass
+PREFILL_TOKEN_BUDGET = 8192
+
+StepOutput = list[tuple[str, TokenDelta | BaseException]]
+
+
+class ContinuousBatcher:
+    """Iteration-level batching over a ``transformers`` model (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        eos_token_ids: list[int],
+        pad_token_id: int,
+        max_num_seqs: int,
+        max_model_len: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if max_num_seqs < 1 or max_model_len < 2:
+            raise ValueError("max_num_seqs must be >= 1 and max_model_len >= 2")
+        self.model = model
+        self.config = model.config
+        self.encoder_decoder = bool(getattr(self.config, "is_encoder_decoder", False))
+        self.eos_token_ids = [int(t) for t in eos_token_ids]
+        self.pad_token_id = int(pad_token_id)
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len
+        self.device = torch.device(device)
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+        start = getattr(self.config, "decoder_start_token_id", None)
+        self.decoder_start = int(start if start is not None else self.pad_token_id)
+        params = inspect.signature(model.forward).parameters
+        self._logits_to_keep = "logits_to_keep" in params
+        self._rng = torch.Generator(device=self.device)
+        self._rng.manual_seed(random.getrandbits(63))
+        self.waiting: OrderedDict[str, Seq] = OrderedDict()
+        self.batch: Batch | None = None
+
+    # ---- GenerationEngine ------------------------------------------------------------------
+    def add(self, request_id: str, request: GenerateRequest) -> None:
+        """Queue a request; it joins the running batch at the next step with a free slot."""
+        if request_id in self.waiting or self._row_of(request_id) is not None:
+            raise InvalidInput(f"request id {request_id!r} is already generating")
+        prompt = self._check_prompt(request.prompt_token_ids)
+        params = request.params
+        self._check_params(params)
+        generator: torch.Generator | None = None
+        if params.seed is not None and params.temperature > 0:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(int(params.seed))
+        self.waiting[request_id] = Seq(
+            params=params,
+            prompt=prompt,
+            generator=generator,
+            penalize_prompt=not self.encoder_decoder,
+            request_id=request_id,
+        )
+
+    def abort(self, request_id: str) -> None:
+        """Forget a request; a running one leaves the batch (and frees its cache) at once."""
+        if self.waiting.pop(request_id, None) is not None:
+            return
+        row = self._row_of(request_id)
+        if row is not None:
+            with torch.inference_mode():
+                self._drop({row})
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or self.batch is not None
+
+    def step(self) -> StepOutput:
+        """One decoding iteration for the running batch, then admit and prefill new requests."""
+        out: StepOutput = []
+        with torch.inference_mode():
+            if self.batch is not None:
+                logits = self._decode(self.batch)
+                self._finish_step(self.batch, logits, out)
+            admitted = self._admit()
+            for group in self._groups(admitted):
+                self._prefill_group(group, out)
+        return out
+
+    def reset(self) -> None:
+        """Drop every sequence and the cache (after a failed step)."""
+        self.waiting.clear()
+        self.batch = None
+
+    def stats(self) -> dict[str, int]:
+        batch = self.batch
+        return {
+            "running": batch.rows if batch is not None else 0,
+            "waiting": len(self.waiting),
+            "cache_columns": batch.columns if batch is not None else 0,
+        }
+
+    # ---- validation --------------------------------------------------------------------------
+    def _check_prompt(self, ids: list[int] | None) -> list[int]:
+        if ids is None:
+            raise InvalidInput("prompt_token_ids is required (the server tokenizes the prompt)")
+        prompt = [int(t) for t in ids]
+        if not prompt:
+            raise InvalidInput("the prompt is empty")
+        bad = [t for t in prompt if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InvalidInput(
+                f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})"
+            )
+        # decoder-only: prompt + at least one new token must fit; encoder-decoder: the encoder
+        # input itself is bounded.
+        limit = self.max_model_len if self.encoder_decoder else self.max_model_len - 1
+        if len(prompt) > limit:
+            raise InvalidInput(
+                f"the prompt has {len(prompt)} tokens; this model accepts at most {limit} "
+                f"(max_model_len={self.max_model_len})"
+            )
+        return prompt
+
+    def _check_params(self, p: SamplingParams) -> None:
+        if p.max_tokens < 1:
+            raise InvalidInput("max_tokens must be at least 1")
+        if not p.temperature >= 0:
+            raise InvalidInput("temperature must be >= 0")
+        if not 0 < p.top_p <= 1:
+            raise InvalidInput("top_p must be in (0, 1]")
+        if p.logprobs is not None and p.logprobs < 0:
+            raise InvalidInput("logprobs must be >= 0")
+        if not p.repetition_penalty > 0:
+            raise InvalidInput("repetition_penalty must be > 0")
+        for key in p.logit_bias:
+            if not 0 <= int(key) < self.vocab_size:
+                raise InvalidInput(f"logit_bias token id {key} is outside the vocabulary")
+
+    # ---- batch plumbing ----------------------------------------------------------------------
+    def _row_of(self, request_id: str) -> int | None:
+        if self.batch is None:
+            return None
+        for i, seq in enumerate(self.batch.seqs):
+            if seq.request_id == request_id:
+                return i
+        return None
+
+    def _drop(self, rows: set[int]) -> None:
+        batch = self.batch
+        if batch is None or not rows:
+            return
+        keep = [i for i in range(batch.rows) if i not in rows]
+        if not keep:
+            self.batch = None
+        else:
+            batch.select(keep)
+
+    def _admit(self) -> list[Seq]:
+        free = self.max_num_seqs - (self.batch.rows if self.batch is not None else 0)
+        admitted: list[Seq] = []
+        while self.waiting and len(admitted) < free:
+            admitted.append(self.waiting.popitem(last=False)[1])
+        return admitted
+
+    @staticmethod
+    def _groups(seqs: list[Seq]) -> list[list[Seq]]:
+        """Split the prefill into passes of at most ``PREFILL_TOKEN_BUDGET`` padded tokens."""
+        groups: list[list[Seq]] = []
+        current: list[Seq] = []
+        longest = 0
+        for seq in seqs:
+            n = len(seq.prompt)
+            if current and max(longest, n) * (len(current) + 1) > PREFILL_TOKEN_BUDGET:
+                groups.append(current)
+                current, longest = [], 0
+            current.append(seq)
+            longest = max(longest, n)
+        if current:
+            groups.append(current)
+        return groups
+
+    # ---- forward passes ----------------------------------------------------------------------
+    def _decode(self, batch: Batch) -> torch.Tensor:
+        """One token for every running row; returns ``[rows, vocab]`` logits."""
+        ids = batch.last.unsqueeze(1)
+        mask = torch.cat([batch.mask, batch.mask.new_ones((batch.rows, 1))], dim=1)
+        if self.encoder_decoder:
+            assert batch.enc_mask is not None
+            out = self.model(
+                encoder_outputs=self._encoder_placeholder(batch.enc_mask),
+                attention_mask=batch.enc_mask,
+                decoder_input_ids=ids,
+                decoder_attention_mask=mask,
+                past_key_values=batch.cache,
+                use_cache=True,
+            )
+        else:
+            assert batch.positions is not None
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=batch.positions.unsqueeze(1),
+                past_key_values=batch.cache,
+                use_cache=True,
+            )
+            batch.positions = batch.positions + 1
+        batch.cache = out.past_key_values
+        batch.mask = mask
+        return out.logits[:, -1, :]
+
+    def _encoder_placeholder(self, enc_mask: torch.Tensor) -> BaseModelOutput:
+        """Encoder states are only read when the cross-attention cache is filled (at prefill);
+        later steps need a tensor of the right shape, not the values."""
+        d_model = int(self.config.d_model)
+        dtype = self.model.dtype
+        hidden = torch.zeros((1, 1, d_model), dtype=dtype, device=self.device)
+        return BaseModelOutput(
+            last_hidden_state=hidden.expand(enc_mask.shape[0], enc_mask.shape[1], d_model)
+        )
+
+    def _prefill(self, seqs: list[Seq]) -> tuple[Batch, torch.Tensor]:
+        """Run the prompts of ``seqs`` and return their batch and next-token logits."""
+        n = len(seqs)
+        width = max(len(s.prompt) for s in seqs)
+        ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            k = len(seq.prompt)
+            if self.encoder_decoder:  # right-padded encoder input
+                ids[i, :k] = torch.tensor(seq.prompt)
+                mask[i, :k] = 1
+            else:  # left-padded: the newest token of every row in the last column
+                ids[i, width - k :] = torch.tensor(seq.prompt)
+                mask[i, width - k :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = new_cache(self.config, self.encoder_decoder)
+        if self.encoder_decoder:
+            encoder = self.model.get_encoder()
+            enc = encoder(input_ids=ids, attention_mask=mask)
+            start = torch.full((n, 1), self.decoder_start, dtype=torch.long, device=self.device)
+            out = self.model(
+                encoder_outputs=enc,
+                attention_mask=mask,
+                decoder_input_ids=start,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            batch = Batch(
+                seqs=list(seqs),
+                cache=out.past_key_values,
+                mask=torch.ones((n, 1), dtype=torch.long, device=self.device),
+                last=start[:, 0],
+                enc_mask=mask,
+            )
+        else:
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                **extra,
+            )
+            lengths = torch.tensor([len(s.prompt) for s in seqs], dtype=torch.long)
+            batch = Batch(
+                seqs=list(seqs),
+                cache=out.past_key_values,
+                mask=mask,
+                last=ids[:, -1],
+                positions=lengths.to(self.device),
+            )
+        return batch, out.logits[:, -1, :]
+
+    def _prefill_group(self, group: list[Seq], out: StepOutput) -> None:
+        """Prefill ``group`` and merge it into the running batch; a group that raises is
+        retried one request at a time, so only the requests that fail alone fail."""
+        try:
+            batch, logits = self._prefill(group)
+        except Exception as exc:  # noqa: BLE001 - isolate the culprit
+            if len(group) == 1:
+                out.append((group[0].request_id, exc))
+                return
+            del exc
+            for seq in group:
+                self._prefill_group([seq], out)
+            return
+        self._finish_step(batch, logits, out)
+        if batch.rows == 0:
+            return
+        if self.batch is None:
+            self.batch = batch
+        else:
+            self.batch.merge(batch)
+
+    # ---- token choice and bookkeeping -----------------------------------------------------
+    def _finish_step(self, batch: Batch, logits: torch.Tensor, out: StepOutput) -> None:
+        """Choose each row's token, emit its delta, and drop the rows that finished."""
+        sel = select_tokens(
+            logits, batch.seqs, eos_token_ids=self.eos_token_ids, generator=self._rng
+        )
+        done = self._emit(batch.seqs, sel, out)
+        batch.last = torch.tensor(sel.tokens, dtype=torch.long, device=self.device)
+        if not done:
+            return
+        keep = [i for i in range(batch.rows) if i not in done]
+        if batch is self.batch:
+            self._drop(done)
+        elif keep:
+            batch.select(keep)
+        else:
+            batch.seqs = []
+
+    def _emit(self, seqs: list[Seq], sel: Selection, out: StepOutput) -> set[int]:
+        done: set[int] = set()
+        for i, seq in enumerate(seqs):
+            token = sel.tokens[i]
+            seq.output.append(token)
+            reason = self._finish_reason(seq, token)
+            lp = sel.logprobs[i]
+            top = sel.top_logprobs[i]
+            delta = TokenDelta(
+                token_ids=[token],
+                logprobs=[lp] if lp is not None else None,
+                top_logprobs=[top] if top is not None else None,
+                finish_reason=reason,
+                prompt_tokens=None if seq.started else len(seq.prompt),
+            )
+            seq.started = True
+            out.append((seq.request_id, delta))
+            if reason is not None:
+                done.add(i)
+        return done
+
+    def _finish_reason(self, seq: Seq, token: int) -> str | None:
+        p = seq.params
+        n = len(seq.output)
+        if n >= p.min_tokens and token in stop_ids(p, self.eos_token_ids):
+            return "stop"
+        if n >= p.max_tokens:
+            return "length"
+        used = n if self.encoder_decoder else n + len(seq.prompt)
+        if used >= self.max_model_len:
+            return "length"
+        return None

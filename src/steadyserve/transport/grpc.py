@@ -1,0 +1,204 @@
+"""Open Inference Protocol V2 over gRPC (grpc.aio), on the server's event loop.
+
+Thin, like the HTTP routes: decode (``protocol.v2_grpc``), validate with the *same* functions as
+REST (``v2.check_infer_capability``, ``v2.check_against_metadata``), call the engine, encode.
+Errors become gRPC status codes in one place (:func:`status_of`, from ``SteadyError.grpc_code``),
+so an error is never INVALID_ARGUMENT here and a 500 over REST.
+
+- the client's deadline (``context.time_remaining()``) is the engine call's ``timeout_s``;
+- a client cancellation cancels the handler task, which aborts the request in the engine;
+- messages larger than ``grpc_max_message_bytes`` are refused with RESOURCE_EXHAUSTED (by gRPC
+  on the way in; by :func:`_check_size` on the way out);
+- TLS from ``ssl_certfile`` / ``ssl_keyfile``, like HTTP;
+- API keys as over HTTP (``transport.auth``): every RPC but live/ready/server metadata needs
+  ``authorization: Bearer <key>`` metadata (those too with ``--auth_health``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from steadyserve import __version__
+from steadyserve.engine.client import ModelEngine
+from steadyserve.errors import ModelNotFound, PayloadTooLarge, SteadyError
+from steadyserve.protocol import v2, v2_grpc
+from steadyserve.protocol.grpc_gen import grpc_predict_v2_pb2 as pb
+from steadyserve.protocol.grpc_gen import grpc_predict_v2_pb2_grpc as pb_grpc
+from steadyserve.repository import ModelRepository, check_load_parameters
+from steadyserve.transport import auth
+from steadyserve.transport.context import ServerContext
+from steadyserve.transport.routes_v2 import EXTENSIONS
+
+log = logging.getLogger("steadyserve.grpc")
+
+T = TypeVar("T")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]
+
+#: RPCs open without an API key unless ``--auth_health`` (as the HTTP health/metadata paths).
+OPEN_RPCS = frozenset({"ServerLive", "ServerReady", "ServerMetadata"})
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The one place an exception becomes a gRPC status (code, message)."""
+    if isinstance(exc, SteadyError):
+        return grpc.StatusCode[exc.grpc_code], exc.message
+    return grpc.StatusCode.INTERNAL, "internal server error"
+
+
+def _mapped(method: Handler[T]) -> Handler[T]:
+    """Check the API key (``authorization: Bearer <key>`` metadata, when keys are set), run the
+    handler; any error ends the call with its mapped status (no traceback leaks)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            if self.keys and (self.auth_health or method.__name__ not in OPEN_RPCS):
+                auth.check_grpc_metadata(self.keys, context.invocation_metadata())
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, SteadyError):
+                log.error("unhandled error in gRPC %s", method.__name__, exc_info=exc)
+            code, message = status_of(exc)
+            if isinstance(exc, SteadyError) and exc.retry_after is not None:
+                context.set_trailing_metadata(
+                    (("retry-after", str(max(1, round(exc.retry_after)))),)
+                )
+            await context.abort(code, message)
+            raise AssertionError("unreachable: abort raises") from None
+
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """``inference.GRPCInferenceService`` backed by the registry."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.registry = ctx.registry
+        self.repository = ModelRepository(ctx.registry, ctx.settings)
+        self.max_message = ctx.settings.grpc_max_message_bytes
+        self.keys = auth.encode_keys(ctx.settings.api_keys())
+        self.auth_health = ctx.settings.auth_health
+
+    def _engine(self, name: str, version: str) -> ModelEngine:
+        engine = self.registry.get(name)
+        info = engine.info
+        if version and info is not None and info.versions and version not in info.versions:
+            raise ModelNotFound(f"model {name} has no version '{version[:50]}'")
+        return engine
+
+    def _check_size(self, message: Any) -> Any:
+        size = message.ByteSize()
+        if size > self.max_message:
+            raise PayloadTooLarge(
+                f"response of {size} bytes exceeds grpc_max_message_bytes={self.max_message}"
+            )
+        return message
+
+    @_mapped
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=self.registry.live)
+
+    @_mapped
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self.registry.ready)
+
+    @_mapped
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ModelReadyResponse(ready=self._engine(request.name, request.version).ready)
+
+    @_mapped
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerMetadataResponse(
+            name="steadyserve", version=__version__, extensions=EXTENSIONS
+        )
+
+    @_mapped
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        info = self._engine(request.name, request.version).require_ready_info()
+        return v2_grpc.model_metadata(info)
+
+    @_mapped
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        engine = self._engine(request.model_name, request.model_version)
+        info = engine.require_ready_info()
+        v2.check_infer_capability(info)
+        req = v2_grpc.decode_infer_request(request)
+        v2.check_against_metadata(req, info)
+        result = await engine.infer(req, timeout_s=context.time_remaining())
+        if request.model_version:
+            result.model_version = request.model_version
+        raw = v2_grpc.wants_raw(request, req, result)
+        return self._check_size(v2_grpc.encode_infer_response(result, raw))
+
+    @_mapped
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        response = pb.RepositoryIndexResponse()
+        for entry in self.repository.index(ready_only=request.ready):
+            response.models.add(**entry)
+        return response
+
+    @_mapped
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        check_load_parameters(list(request.parameters))
+        await self.repository.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_mapped
+    async def RepositoryModelUnload(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        await self.repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def start_grpc_server(ctx: ServerContext) -> grpc.aio.Server:
+    """Build, bind and start the gRPC server on the running loop. Raises ``RuntimeError`` with
+    one line when the port cannot be bound."""
+    server = build_grpc_server(ctx)
+    await server.start()
+    return server
+
+
+def build_grpc_server(ctx: ServerContext) -> grpc.aio.Server:
+    """The gRPC server with its servicer, bound to ``host:grpc_port`` (TLS when configured)."""
+    settings = ctx.settings
+    limit = settings.grpc_max_message_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),  # a busy port is an error, not a silently shared one
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(ctx), server)
+    address = _address(settings.host, settings.grpc_port)
+    try:
+        if settings.ssl_certfile and settings.ssl_keyfile:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(settings.ssl_keyfile).read_bytes(), Path(settings.ssl_certfile).read_bytes())]
+            )
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise RuntimeError(f"could not bind the gRPC port {address}: {exc}") from None
+    if not bound:
+        raise RuntimeError(f"could not bind the gRPC port {address}")
+    log.info("gRPC (V2) listening on %s%s", address, " with TLS" if settings.ssl_certfile else "")
+    return server

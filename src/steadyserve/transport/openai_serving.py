@@ -1,0 +1,213 @@
+"""The OpenAI routes' engine side: tokenizers, running sequences, stop strings, merging.
+
+Kept apart from the routes so they stay thin. Everything here runs on the server's event loop
+and never blocks it: tokenizers load and run in threads (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from steadyserve.engine.client import ModelEngine
+from steadyserve.errors import InvalidInput, ModelError, SteadyError
+from steadyserve.protocol.detokenize import IncrementalDetokenizer, StopMatcher
+from steadyserve.transport.context import ServerContext
+from steadyserve.types import GenerateRequest, ModelInfo
+
+log = logging.getLogger("steadyserve.openai")
+
+
+# ---- tokenizers (one per model and worker incarnation, loaded once, off the loop) --------------
+
+
+async def tokenizer_for(ctx: ServerContext, engine: ModelEngine, info: ModelInfo) -> Any | None:
+    """The model's tokenizer (``None`` for models without one), loaded once and cached in
+    ``ctx.openai_state`` per model name and worker restart count."""
+    if not info.tokenizer_dir:
+        return None
+    key = f"tokenizer:{engine.name}"
+    version = (engine.restarts, info.tokenizer_dir)
+    cached = ctx.openai_state.get(key)
+    if cached is not None and cached[0] == version:
+        task: asyncio.Future[Any] = cached[1]
+    else:
+        task = asyncio.ensure_future(asyncio.to_thread(_load_tokenizer, info.tokenizer_dir))
+        ctx.openai_state[key] = (version, task)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if ctx.openai_state.get(key, (None, None))[1] is task:
+            ctx.openai_state.pop(key, None)
+        log.error("could not load the tokenizer of %s: %s", engine.name, exc)
+        raise ModelError(f"could not load the tokenizer of model {engine.name}") from None
+
+
+def _load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _encode(tokenizer: Any, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+    return [
+        list(tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"]) for t in texts
+    ]
+
+
+async def encode(tokenizer: Any, texts: Sequence[str], add_special_tokens: bool = True
+                 ) -> list[list[int]]:
+    """Token ids of each text (in a thread)."""
+    return await asyncio.to_thread(_encode, tokenizer, list(texts), add_special_tokens)
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _apply_chat_template(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool,
+                         kwargs: dict[str, Any]) -> str:
+    try:
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+    except Exception as exc:  # the template raised (e.g. raise_exception on role order)
+        raise InvalidInput(f"the model's chat template refused the messages: {exc}",
+                           param="messages") from None
+    return str(text)
+
+
+async def apply_chat_template(tokenizer: Any, messages: list[dict[str, Any]],
+                              add_generation_prompt: bool, kwargs: dict[str, Any]) -> str:
+    return await asyncio.to_thread(
+        _apply_chat_template, tokenizer, messages, add_generation_prompt, kwargs
+    )
+
+
+def token_text(tokenizer: Any | None, token_id: int) -> str:
+    """A token's text for logprobs."""
+    if tokenizer is None:
+        return f"token_id:{token_id}"
+    return str(tokenizer.decode([token_id], skip_special_tokens=False))
+
+
+# ---- sequences ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SeqSpec:
+    """One sequence to generate: its choice index, request and prompt."""
+
+    index: int
+    request: GenerateRequest
+    prompt_tokens: int
+    #: prompt ids used as detokenization context (decoder-only models)
+    context_ids: list[int]
+
+
+@dataclass
+class Event:
+    """New output of one sequence."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    top_logprobs: list[dict[int, float]] | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+
+
+async def run_sequence(
+    engine: ModelEngine,
+    seq: SeqSpec,
+    tokenizer: Any | None,
+    stops: list[str],
+    timeout_s: float | None,
+) -> AsyncGenerator[Event, None]:
+    """Generate one sequence; detokenize, apply stop strings. Leaving early (stop string,
+    cancellation) closes the engine stream, which aborts the sequence in the worker."""
+    detok = IncrementalDetokenizer(tokenizer, seq.context_ids) if tokenizer is not None else None
+    matcher = StopMatcher(stops)
+    async with contextlib.aclosing(  # type: ignore[type-var]
+        engine.generate(seq.request, timeout_s)
+    ) as stream:
+        async for delta in stream:
+            if detok is not None:
+                piece = detok.push(delta.token_ids)
+                if delta.finish_reason is not None:
+                    piece += detok.flush()
+            else:
+                piece = delta.text or ""
+            out = matcher.push(piece)
+            ev = Event(seq.index, out, list(delta.token_ids), delta.logprobs, delta.top_logprobs,
+                       None, delta.prompt_tokens)
+            if matcher.stopped:
+                ev.finish_reason = "stop"
+                yield ev
+                return  # closing the stream aborts the sequence in the worker
+            if delta.finish_reason is not None:
+                ev.text += matcher.flush()
+                ev.finish_reason = delta.finish_reason
+                yield ev
+                return
+            if ev.text or ev.token_ids:
+                yield ev
+
+
+_END = object()
+
+
+async def merge(streams: list[AsyncGenerator[Event, None]]) -> AsyncGenerator[Event, None]:
+    """Interleave several sequences' events as they come. The first error ends everything
+    (the other sequences are cancelled, hence aborted)."""
+    if len(streams) == 1:
+        async with contextlib.aclosing(streams[0]) as only:
+            async for ev in only:
+                yield ev
+        return
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def pump(stream: AsyncGenerator[Event, None]) -> None:
+        try:
+            async with contextlib.aclosing(stream) as s:
+                async for ev in s:
+                    queue.put_nowait(ev)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(_END)
+
+    tasks = [asyncio.ensure_future(pump(s)) for s in streams]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is _END:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def error_payload(exc: BaseException) -> dict[str, Any]:
+    """The in-band error event of a stream that failed after it started."""
+    if isinstance(exc, SteadyError):
+        return {"error": {"message": exc.message, "type": exc.openai_type, "param": exc.param,
+                          "code": exc.code if exc.code is not None else exc.http_status}}
+    log.error("stream failed", exc_info=exc)
+    return {"error": {"message": "internal server error", "type": "server_error", "param": None,
+                      "code": 500}}
