@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks.loadgen`` importable
+    sys.path.insert(0, str(ROOT))
 PRESETS = {"t5": ("t5-small", "t5-small"), "gpt2": ("gpt2", "gpt2")}
 
 
