@@ -87,7 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
         "Per request: X-Request-Timeout header (seconds)."
     )
     demo = sub.add_parser("build-demo", help="build the demo model directory and print its path")
+    from steadyserve.runtimes.huggingface.tiny import DEMO_ARCHS  # no torch import: cheap
+
     demo.add_argument("--out", default=None, help="directory (default: the cache)")
+    demo.add_argument(
+        "--arch",
+        default="llama",
+        choices=sorted(DEMO_ARCHS),
+        help="architecture (default: llama, the demo served with no model argument): "
+        + "; ".join(f"{k}: {v}" for k, v in DEMO_ARCHS.items()),
+    )
     return parser
 
 
@@ -153,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build-demo":
         from steadyserve.runtimes.huggingface.tiny import ensure_demo_model
 
-        print(ensure_demo_model(args.out))
+        try:
+            print(ensure_demo_model(args.out, args.arch))
+        except (OSError, ValueError) as exc:
+            sys.stderr.write(f"steadyserve: {exc}\n")
+            return EXIT_CONFIG
         return 0
     flags = {k: v for k, v in vars(args).items() if k != "command"}
     try:

@@ -114,6 +114,28 @@ def test_demo_model_failed_build_leaves_nothing(
 
 def test_demo_model_refuses_a_foreign_directory(tmp_path: Path) -> None:
     (tmp_path / "mine.txt").write_text("do not delete")
-    with pytest.raises(FileExistsError, match="not a steadyserve demo model"):
+    with pytest.raises(FileExistsError, match="not a steadyserve llama demo model"):
         tiny.ensure_demo_model(str(tmp_path))
     assert (tmp_path / "mine.txt").read_text() == "do not delete"
+
+
+def test_build_demo_other_architectures_from_the_cli(tmp_path: Path) -> None:
+    """``steadyserve build-demo --arch t5`` builds a T5 the HF runtime infers as text2text; the
+    same directory is reused, never rebuilt as (or mistaken for) another architecture."""
+    from transformers import AutoConfig
+
+    from steadyserve.cli import main
+    from steadyserve.runtimes.huggingface.loading import infer_task
+
+    out = tmp_path / "t5"
+    assert main(["build-demo", "--arch", "t5", "--out", str(out)]) == 0
+    config = AutoConfig.from_pretrained(out)
+    assert infer_task(config.architectures, config.is_encoder_decoder) == "text2text_generation"
+    assert "(t5)" in (out / "README.md").read_text()
+    assert main(["build-demo", "--arch", "t5", "--out", str(out)]) == 0  # cached
+    assert main(["build-demo", "--arch", "gpt2", "--out", str(out)]) == 2  # not a gpt2 build
+    assert AutoConfig.from_pretrained(out).model_type == "t5"
+    with pytest.raises(SystemExit) as exc:
+        main(["build-demo", "--arch", "resnet", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert not (tmp_path / "x").exists()

@@ -15,7 +15,8 @@ Builders (all return the directory they wrote, as a ``str``):
 ``build_llama(path, ...)``                ``LlamaForCausalLM`` with a chat template
 ``build_bert(path, task, ...)``           ``fill_mask`` / ``sequence_classification`` /
                                           ``token_classification`` / ``text_embedding``
-``ensure_demo_model(out=None)``           the built-in demo (a tiny Llama), cached
+``ensure_demo_model(out=None, arch=...)``  the built-in demo (a tiny Llama by default, or any
+                                          of :data:`DEMO_ARCHS`), cached
 ========================================  =====================================================
 """
 
@@ -96,11 +97,11 @@ CHAT_TEMPLATE = (
 )
 
 _DEMO_README = """\
-# steadyserve demo model
+# steadyserve demo model ({arch})
 
-A tiny Llama-style causal language model with **random weights - demo only**. It exists so that
-`steadyserve serve` works out of the box (V1, V2 and the OpenAI API, including chat); its output
-is meaningless text. Built by `steadyserve.runtimes.huggingface.tiny.build_llama`.
+{what}, with **random weights - demo only**. It exists so that `steadyserve serve` works without
+a network (V1, V2 and the OpenAI API); its output is meaningless. Built by
+`steadyserve build-demo --arch {arch}` (`steadyserve.runtimes.huggingface.tiny`).
 """
 
 
@@ -423,45 +424,83 @@ def build_bert(
 # ---- the demo model ---------------------------------------------------------------------------
 
 
-def demo_cache_dir() -> str:
-    """Where the demo model is cached: ``$STEADYSERVE_CACHE/demo-v1`` or
-    ``~/.cache/steadyserve/demo-v1``."""
+#: ``steadyserve build-demo --arch NAME``: what each demo architecture builds (all tiny, random
+#: weights, offline). ``llama`` is the default demo (chat template); ``t5`` reproduces KServe's
+#: seed failure (a text2text model asked for chat); the ``bert-*`` ones cover the encoder tasks.
+DEMO_ARCHS: dict[str, str] = {
+    "llama": "LlamaForCausalLM with a chat template (text_generation, chat)",
+    "gpt2": "GPT2LMHeadModel, no chat template (text_generation)",
+    "t5": "T5ForConditionalGeneration (text2text_generation; chat is refused)",
+    "bert-classifier": "BertForSequenceClassification (sequence_classification)",
+    "bert-ner": "BertForTokenClassification (token_classification)",
+    "bert-mlm": "BertForMaskedLM (fill_mask)",
+    "bert-embedding": "BertModel (text_embedding, OpenAI embeddings)",
+}
+_BERT_TASKS = {
+    "bert-classifier": "sequence_classification",
+    "bert-ner": "token_classification",
+    "bert-mlm": "fill_mask",
+    "bert-embedding": "text_embedding",
+}
+
+
+def demo_cache_dir(arch: str = "llama") -> str:
+    """Where a demo model is cached: ``$STEADYSERVE_CACHE/demo-v1`` (or ``demo-v1-ARCH`` for
+    another architecture than the default Llama), under ``~/.cache/steadyserve`` by default."""
     base = os.environ.get("STEADYSERVE_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "steadyserve"
     )
-    return os.path.join(base, DEMO_VERSION)
+    return os.path.join(base, DEMO_VERSION if arch == "llama" else f"{DEMO_VERSION}-{arch}")
 
 
-def _is_complete(path: str) -> bool:
+def _build_arch(path: str, arch: str) -> None:
+    if arch == "llama":
+        build_llama(path)
+    elif arch == "gpt2":
+        build_gpt2(path)
+    elif arch == "t5":
+        build_t5(path)
+    elif arch in _BERT_TASKS:
+        build_bert(path, _BERT_TASKS[arch])
+    else:
+        raise ValueError(f"unknown demo architecture {arch!r} (valid: {', '.join(DEMO_ARCHS)})")
+
+
+def _is_complete(path: str, arch: str = "llama") -> bool:
     marker = os.path.join(path, "steadyserve-demo.json")
     try:
         with open(marker) as fh:
-            return bool(json.load(fh).get("version") == DEMO_VERSION)
+            meta = json.load(fh)
     except (OSError, ValueError):
         return False
+    return bool(meta.get("version") == DEMO_VERSION and meta.get("arch", "llama") == arch)
 
 
-def ensure_demo_model(out: str | None = None) -> str:
-    """Build the demo model (a tiny Llama with a chat template, random weights) into ``out`` or
-    :func:`demo_cache_dir`, and return its path. Idempotent: a complete existing build is reused.
+def ensure_demo_model(out: str | None = None, arch: str = "llama") -> str:
+    """Build the demo model (a tiny Llama with a chat template, random weights; or another of
+    :data:`DEMO_ARCHS`) into ``out`` or :func:`demo_cache_dir`, and return its path. Idempotent: a complete existing build is reused.
     The build goes to a temporary sibling directory that is renamed into place, so a crash or a
     concurrent build never leaves a half-written model behind."""
-    target = os.path.abspath(out or demo_cache_dir())
-    if _is_complete(target):
+    if arch not in DEMO_ARCHS:
+        raise ValueError(f"unknown demo architecture {arch!r} (valid: {', '.join(DEMO_ARCHS)})")
+    target = os.path.abspath(out or demo_cache_dir(arch))
+    if _is_complete(target, arch):
         return target
     if os.path.isdir(target) and os.listdir(target):
         raise FileExistsError(
-            f"{target} exists and is not a steadyserve demo model; choose another --out"
+            f"{target} exists and is not a steadyserve {arch} demo model; choose another --out"
         )
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".demo-build-", dir=parent)
     try:
         log.info("building the demo model in %s", target)
-        build_llama(tmp)
-        Path(tmp, "README.md").write_text(_DEMO_README)
+        _build_arch(tmp, arch)
+        Path(tmp, "README.md").write_text(_DEMO_README.format(arch=arch, what=DEMO_ARCHS[arch]))
         Path(tmp, "steadyserve-demo.json").write_text(
-            json.dumps({"version": DEMO_VERSION, "weights": "random", "purpose": "demo only"})
+            json.dumps(
+                {"version": DEMO_VERSION, "arch": arch, "weights": "random", "purpose": "demo only"}
+            )
         )
         if os.path.isdir(target):
             with contextlib.suppress(OSError):
@@ -469,7 +508,7 @@ def ensure_demo_model(out: str | None = None) -> str:
         try:
             os.rename(tmp, target)
         except OSError:
-            if not _is_complete(target):  # not a concurrent build that won the race
+            if not _is_complete(target, arch):  # not a concurrent build that won the race
                 raise
     finally:
         with contextlib.suppress(OSError):
