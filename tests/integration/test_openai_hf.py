@@ -210,4 +210,3 @@ def test_embeddings(client: httpx.Client) -> None:
     assert r.status_code == 200 and isinstance(r.json()["data"][0]["embedding"], str)
     assert client.post("/v1/embeddings", json={"model": "t5", "input": "x"}).status_code == 400
     assert complete(client, "bert").status_code == 400  # an embedding model does not complete
-
