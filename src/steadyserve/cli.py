@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "With no model source at all (no --model_dir, STORAGE_URI, /mnt/models, --model_id, "
         "--model_class or --model_repository), the built-in demo model is served.",
         allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.error = _Parser.error.__get__(serve)  # type: ignore[method-assign]
     for name, field in Settings.model_fields.items():

@@ -112,6 +112,11 @@ class Model:
         ``predict`` row by row (and is dynamically batched)."""
         raise NotImplementedError
 
+    def infer_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """The ``predict`` parameters of a V2 request routed through ``predict`` (its request
+        parameters by default). Override to give V2 what its declared outputs need."""
+        return parameters
+
     def embed(self, request: EmbedRequest) -> EmbedResponse:
         raise NotImplementedError
 

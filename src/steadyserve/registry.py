@@ -14,8 +14,19 @@ log = logging.getLogger("steadyserve.registry")
 
 
 class Registry:
-    def __init__(self, config: EngineConfig, specs: Iterable[ModelSpec] = ()) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        specs: Iterable[ModelSpec] = (),
+        give_up_unloadable: bool = False,
+    ) -> None:
+        """``give_up_unloadable`` (a model repository): a model that fails to load
+        ``max_consecutive_crashes`` times in a row, never having loaded, is taken out of the
+        server (listed UNAVAILABLE with the reason; a repository ``load`` retries it) rather
+        than keeping readiness down and failing liveness for every other model. With one model
+        it stays in, so liveness fails and Kubernetes shows the crash loop."""
         self.config = config
+        self.give_up_unloadable = give_up_unloadable
         self._engines: dict[str, ModelEngine] = {}
         #: models that *should* be loaded (server readiness waits for all of them).
         self._known: dict[str, ModelSpec] = {}
@@ -64,6 +75,8 @@ class Registry:
         if spec.name in self._engines:
             return self._engines[spec.name]
         engine = ModelEngine(spec, self.config)
+        if self.give_up_unloadable:
+            engine.on_give_up = lambda reason: self._give_up(engine, reason)
         for hook in self.on_engine:
             hook(engine)  # type: ignore[operator]
         self._engines[spec.name] = engine
@@ -82,6 +95,13 @@ class Registry:
         spec = self._known.pop(name, None)
         self._unloaded[name] = (spec or engine.spec, reason)
         await engine.stop(grace_s)
+
+    def _give_up(self, engine: ModelEngine, reason: str) -> None:
+        """Called by the engine's own supervisor (which then stops): out of every listing."""
+        if self._engines.get(engine.name) is engine:
+            del self._engines[engine.name]
+            self._known.pop(engine.name, None)
+            self._unloaded[engine.name] = (engine.spec, reason)
 
     def unloaded(self) -> dict[str, str]:
         """Models that were unloaded or failed to load: name → reason."""

@@ -8,6 +8,7 @@ Both transports (REST ``/v2/repository/...`` and the gRPC ``Repository*`` RPCs) 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import time
@@ -20,6 +21,8 @@ from steadyserve.errors import InvalidInput, ModelError, ServiceUnavailable
 if TYPE_CHECKING:
     from steadyserve.registry import Registry
     from steadyserve.settings import Settings
+
+log = logging.getLogger("steadyserve.repository")
 
 #: Longest a load request waits for the model to become ready (then 503: still loading).
 LOAD_WAIT_MAX_S = 120.0
@@ -47,11 +50,18 @@ def spec_for_dir(name: str, path: str, common: dict[str, Any]) -> ModelSpec:
 
 
 def scan_repository(root: str, common: dict[str, Any]) -> list[ModelSpec]:
+    """A spec per sub-directory whose name is a valid model name (others are skipped with a
+    warning: a model must be addressable by every protocol)."""
     specs = []
     for entry in sorted(os.listdir(root)):
         path = os.path.join(root, entry)
-        if os.path.isdir(path) and not entry.startswith("."):
-            specs.append(spec_for_dir(entry, path, common))
+        if not os.path.isdir(path) or entry.startswith("."):
+            continue
+        if not _NAME.fullmatch(entry):
+            log.warning("skipping %r in the model repository: not a valid model name "
+                        "(letters, digits, '.', '_', '-')", entry)
+            continue
+        specs.append(spec_for_dir(entry, path, common))
     return specs
 
 
@@ -99,7 +109,7 @@ class ModelRepository:
         return [
             entry
             for entry in sorted(os.listdir(self.root))
-            if not entry.startswith(".") and os.path.isdir(os.path.join(self.root, entry))
+            if _NAME.fullmatch(entry) and os.path.isdir(os.path.join(self.root, entry))
         ]
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:

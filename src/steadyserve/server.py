@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from steadyserve.engine.client import EngineConfig
+from steadyserve.errors import ServiceUnavailable
 from steadyserve.registry import Registry
 from steadyserve.settings import Settings
 from steadyserve.transport.context import ServerContext
@@ -19,6 +20,9 @@ from steadyserve.transport.http import build_app
 from steadyserve.transport.middleware import MAX_HEADER_BYTES, http_protocol
 
 log = logging.getLogger("steadyserve.server")
+
+#: after the drain, how long uvicorn waits for the last responses to be written
+SHUTDOWN_FLUSH_S = 5
 
 
 def engine_config(settings: Settings) -> EngineConfig:
@@ -50,12 +54,33 @@ class DrainingServer(uvicorn.Server):
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_started or self._loop is None:
-            super().handle_exit(sig, frame)
+        # Never uvicorn's own handler: it records the signal and re-raises it once the server
+        # has stopped, so the process would die of SIGTERM (exit 143) instead of exiting 0.
+        name = signal.Signals(sig).name
+        if self._loop is None:  # before the loop runs: nothing in flight, just stop
+            self.should_exit = True
+            return
+        if self._drain_started:
+            log.info("received %s again: ending in-flight requests now", name)
+            self._loop.call_soon_threadsafe(self._end_now)
             return
         self._drain_started = True
-        log.info("received %s: draining", signal.Signals(sig).name)
+        log.info("received %s: draining", name)
         self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
+
+    def _end_now(self) -> None:
+        """Fail what is still in flight with 503 (streams: an in-band error event), so every
+        request gets a proper answer before uvicorn closes its connection, then stop."""
+        left = 0
+        for engine in self.ctx.registry.engines():
+            left += engine.in_flight
+            engine.fail_in_flight(
+                ServiceUnavailable(f"model {engine.name}: the server is shutting down",
+                                   retry_after=5)
+            )
+        if left:
+            log.warning("ended %d request(s) still in flight with 503", left)
+        self.should_exit = True
 
     async def _drain(self) -> None:
         registry = self.ctx.registry
@@ -63,12 +88,14 @@ class DrainingServer(uvicorn.Server):
         for engine in registry.engines():
             engine.draining = True
         deadline = time.monotonic() + self.ctx.settings.graceful_shutdown_s
-        while time.monotonic() < deadline and any(e.in_flight for e in registry.engines()):
+        while (
+            not self.should_exit
+            and time.monotonic() < deadline
+            and any(e.in_flight for e in registry.engines())
+        ):
             await asyncio.sleep(0.05)
-        left = sum(e.in_flight for e in registry.engines())
-        if left:
-            log.warning("grace period over with %d request(s) in flight", left)
-        self.should_exit = True
+        if not self.should_exit:
+            self._end_now()
 
 
 async def serve(server: DrainingServer, ctx: ServerContext) -> None:
@@ -90,7 +117,9 @@ async def serve(server: DrainingServer, ctx: ServerContext) -> None:
 
 
 def run(settings: Settings, specs: list[Any]) -> int:
-    registry = Registry(engine_config(settings), specs)
+    registry = Registry(
+        engine_config(settings), specs, give_up_unloadable=settings.model_repository is not None
+    )
     ctx = ServerContext(settings=settings, registry=registry)
     app = build_app(ctx)
     config = uvicorn.Config(
@@ -99,7 +128,9 @@ def run(settings: Settings, specs: list[Any]) -> int:
         port=settings.http_port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=max(1, int(settings.graceful_shutdown_s)),
+        # requests were drained (or ended with 503) before uvicorn stops: its own wait only
+        # lets the last responses be written
+        timeout_graceful_shutdown=SHUTDOWN_FLUSH_S,
         ssl_certfile=settings.ssl_certfile,
         ssl_keyfile=settings.ssl_keyfile,
         server_header=False,

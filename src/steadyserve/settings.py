@@ -38,7 +38,9 @@ class ConfigError(Exception):
 class Settings(BaseModel):
     """Every setting of the server. Field names are the flag names (``--http_port``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
     # ---- network ---------------------------------------------------------------------------
     host: str = Field("0.0.0.0", description="Address the HTTP and gRPC servers bind.")
@@ -112,7 +114,8 @@ class Settings(BaseModel):
     )
     worker_hang_timeout_s: float = Field(
         60.0, gt=0, description="A worker silent this long (no progress, no heartbeat) is killed "
-        "and restarted; its requests fail with 503."
+        "and restarted; its requests fail with 503. A predict batch of N rows may run N times "
+        "this long."
     )
     max_consecutive_crashes: int = Field(
         5, ge=1, description="After this many worker crashes in a row, liveness fails."
@@ -286,6 +289,11 @@ def _check_paths(settings: Settings) -> None:
         path = getattr(settings, field)
         if path is not None and not os.access(path, os.R_OK):
             raise ConfigError(f"invalid --{field}={path!r}: file does not exist or is unreadable")
+    if settings.restart_backoff_max_s < settings.restart_backoff_s:
+        raise ConfigError(
+            f"invalid --restart_backoff_max_s={settings.restart_backoff_max_s!r}: must be at "
+            f"least --restart_backoff_s={settings.restart_backoff_s!r}"
+        )
     if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
         raise ConfigError("--ssl_certfile and --ssl_keyfile must be given together")
     if settings.model_repository is not None and not os.path.isdir(settings.model_repository):

@@ -122,6 +122,18 @@ def test_hang_is_detected_and_worker_restarted(server: ServerProcess) -> None:
     assert server.debug()["models"]["faulty"]["restarts"] == before + 1
 
 
+def test_a_slow_batch_is_not_a_hang(server: ServerProcess) -> None:
+    """Three rows of 2 s each in one predict call: 6 s of silence, past the 4 s hang timeout,
+    but within it per row - the batch completes and the worker is not restarted."""
+    before = server.debug()["models"]["faulty"]["restarts"]
+    r = httpx.post(f"{server.url}/v1/models/faulty:predict",
+                   json={"instances": ["sleep:2", "sleep:2", "sleep:2"]}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": ["sleep:2"] * 3}
+    assert server.debug()["models"]["faulty"]["restarts"] == before
+    assert_serving(server)
+
+
 def test_out_of_memory_fails_only_that_request(server: ServerProcess) -> None:
     before = server.debug()["models"]["faulty"]["restarts"]
     with ThreadPoolExecutor(4) as pool:
@@ -201,3 +213,31 @@ def test_sigterm_drains_then_exits_zero() -> None:
         assert r.status_code == 503 and "Retry-After" in r.headers
         assert slow.result().status_code == 200  # in-flight work finished
         assert srv.proc.wait(timeout=15) == 0
+
+
+def test_sigterm_past_the_grace_period_ends_requests_with_503() -> None:
+    """A request still running when the grace period ends gets a JSON 503 (not the transport's
+    plain-text 500), and the server exits 0 soon after."""
+    with ServerProcess(*FAST, "--graceful_shutdown_s", "1") as srv, ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(predict, srv.url, "sleep:20", 30)
+        wait_for(lambda: srv.debug()["models"]["faulty"]["in_flight"] == 1, timeout=5)
+        assert srv.proc is not None
+        t0 = time.monotonic()
+        os.kill(srv.proc.pid, signal.SIGTERM)
+        r = slow.result()
+        assert r.status_code == 503, r.text
+        assert "shutting down" in r.json()["error"] and "Retry-After" in r.headers
+        assert srv.proc.wait(timeout=20) == 0
+        assert time.monotonic() - t0 < 12
+
+
+def test_second_sigterm_ends_at_once_and_still_exits_zero() -> None:
+    with ServerProcess(*FAST, "--graceful_shutdown_s", "60") as srv, ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(predict, srv.url, "sleep:20", 30)
+        wait_for(lambda: srv.debug()["models"]["faulty"]["in_flight"] == 1, timeout=5)
+        assert srv.proc is not None
+        os.kill(srv.proc.pid, signal.SIGTERM)
+        wait_for(lambda: ready(srv) == 503, timeout=2)
+        os.kill(srv.proc.pid, signal.SIGTERM)
+        assert slow.result().status_code == 503
+        assert srv.proc.wait(timeout=20) == 0  # not 143: the signal is not re-raised

@@ -124,7 +124,8 @@ def test_v2_infer_and_metadata(served: tuple[str, ServerProcess]) -> None:
         r = c.post(f"/v2/models/{task}/infer", json=body)
         assert r.status_code == 200, r.text
         outputs = {o["name"]: o for o in r.json()["outputs"]}
-        assert set(outputs) <= {o["name"] for o in meta["outputs"]}
+        # every declared output comes back when none is asked for by name
+        assert set(outputs) == {o["name"] for o in meta["outputs"]}
         if task == "fill_mask":
             assert (
                 outputs["token_str"]["shape"] == [2, 5] and outputs["score"]["datatype"] == "FP32"
@@ -136,6 +137,8 @@ def test_v2_infer_and_metadata(served: tuple[str, ServerProcess]) -> None:
             assert isinstance(json.loads(outputs["entities"]["data"][0]), list)
         elif task == "sequence_classification":
             assert set(outputs["label"]["data"]) <= {"negative", "positive"}
+            assert outputs["score"]["datatype"] == "FP32" and outputs["score"]["shape"] == [2]
+            assert all(0.5 <= p <= 1.0 for p in outputs["score"]["data"])  # the top label's
         else:
             assert outputs["text"]["datatype"] == "BYTES" and outputs["text"]["shape"] == [2]
 

@@ -245,3 +245,19 @@ def test_worker_crash_mid_stream_is_an_in_band_error(server: ServerProcess,
     assert events[-1]["error"]["code"] == 503 and "[DONE]" not in events
     server.wait_until_ready(30)
     assert_good(client)
+
+
+def test_a_request_larger_than_the_token_budget_is_400_not_429() -> None:
+    """429 means "retry later"; a request that can never fit --max_queue_tokens must say so
+    (400, naming max_tokens) instead of sending clients into a retry loop."""
+    with ServerProcess("--model_class", FAULTY, "--model_name", "faulty",
+                       "--max_queue_tokens", "100") as srv, srv.client() as c:
+        r = c.post("/openai/v1/completions",
+                   json={"model": "faulty", "prompt": "x", "max_tokens": 200})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["param"] == "max_tokens" and "max_queue_tokens=100" in err["message"]
+        assert "Retry-After" not in r.headers
+        r = c.post("/openai/v1/completions",
+                   json={"model": "faulty", "prompt": "x", "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == "t0 t1 "

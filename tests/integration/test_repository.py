@@ -191,3 +191,43 @@ def test_models_added_later_and_load_failures(repo: Path, client: httpx.Client) 
     assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [2.0, 4.0]
     assert client.post("/v2/repository/models/late/unload").status_code == 200
     assert scaler_ok(client)
+
+
+def test_a_model_that_never_loads_is_given_up_not_a_pod_restart(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A repository holding a model that cannot load: after --max_consecutive_crashes failed
+    loads it is taken out (UNAVAILABLE with its reason), so the server turns ready for the good
+    model and liveness never fails; a directory whose name is not a model name is skipped."""
+    repo = make_repository(tmp_path_factory.mktemp("repo-broken"), scaler=EXAMPLE)
+    broken = repo / "broken"
+    broken.mkdir()
+    (broken / "model.py").write_text(BROKEN, encoding="utf-8")
+    (broken / "steadyserve.txt").write_text("Broken", encoding="utf-8")
+    make_repository(repo / "spaced", **{"bad name": EXAMPLE})  # repo/spaced/bad name
+    (repo / "spaced").rename(repo / "bad name")
+    with ServerProcess(
+        "--model_repository", str(repo), "--max_consecutive_crashes", "2",
+        "--restart_backoff_s", "0.1", wait_ready=False,
+    ) as srv, srv.client() as c:
+        lives: list[int] = []
+
+        def ready() -> bool:
+            try:
+                lives.append(c.get("/v2/health/live").status_code)
+                return c.get("/v2/health/ready").status_code == 200
+            except httpx.ConnectError:  # not listening yet
+                return False
+
+        wait_for(ready, timeout=60, interval=0.1)
+        assert set(lives) == {200}, lives
+        models = index(c)
+        assert set(models) == {"broken", "scaler"}
+        assert models["scaler"]["state"] == "READY"
+        assert models["broken"]["state"] == "UNAVAILABLE"
+        assert "no weights here" in models["broken"]["reason"]
+        assert c.get("/v1/models").json()["models"] == ["scaler"]
+        assert [m["id"] for m in c.get("/openai/v1/models").json()["data"]] == ["scaler"]
+        assert c.post("/v2/models/broken/infer", json=GOOD_X).status_code == 404
+        assert scaler_ok(c)
+        assert c.get("/v2/health/live").status_code == 200

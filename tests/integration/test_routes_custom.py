@@ -106,3 +106,61 @@ def test_chat_on_a_predict_model_is_refused_at_the_edge(client: httpx.Client) ->
     assert 400 <= r.status_code < 500, r.text
     assert r.status_code != 200
     assert_good(client)
+
+
+LONG_INT = b"1" + b"0" * 5000  # past Python's 4300-digit int conversion limit
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "needle"),
+    [
+        ("/v1/models/scaler:predict", b'{"instances": [["\\ud800"]]}', "surrogate"),
+        ("/v1/models/scaler:predict", b'{"instances": [[1]], "parameters": {"p": "a\\udfff"}}',
+         "surrogate"),
+        ("/v1/models/scaler:predict", b'{"instances": [[1]], "parameters": {"\\ud800": 1}}',
+         "surrogate"),
+        ("/v2/models/scaler/infer",
+         b'{"id": "\\ud800", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], '
+         b'"data": [1]}]}', "surrogate"),
+        ("/v1/models/scaler:predict", b'{"instances": [[36893488147419103232]]}', "64-bit"),
+        ("/v2/models/scaler/infer",
+         b'{"parameters": {"k": 36893488147419103232}, "inputs": [{"name": "x", '
+         b'"datatype": "FP32", "shape": [1, 1], "data": [1]}]}', "64-bit"),
+        ("/v1/models/scaler:predict", b'{"instances": [[' + LONG_INT + b"]]}", "number"),
+        ("/openai/v1/completions", b'{"model": "a\\udfffb", "prompt": "x"}', "surrogate"),
+    ],
+)
+def test_unencodable_values_are_400_and_hold_no_slot(
+    server: ServerProcess, client: httpx.Client, path: str, body: bytes, needle: str
+) -> None:
+    """Valid JSON that no downstream codec can carry (a lone surrogate, an integer past 64 bits
+    or past Python's digit limit): 400 - several times over, and no request stays in flight
+    (a leaked admission slot would end in 429s for everyone)."""
+    for _ in range(3):
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        message = error["message"] if isinstance(error, dict) else error
+        assert needle in message and "Traceback" not in r.text
+    assert server.debug()["models"]["scaler"]["in_flight"] == 0
+    assert_good(client)
+
+
+def test_nan_and_infinity_round_trip(client: httpx.Client) -> None:
+    """NaN / Infinity in (Python clients send the literals) and out (the same literals), where
+    strict JSON would have made a valid request a 500."""
+    import json
+    import math
+
+    r = client.post("/v1/models/scaler:predict", content=b'{"instances": [[NaN, Infinity]]}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    (row,) = json.loads(r.text)["predictions"]
+    assert math.isnan(row[0]) and row[1] == math.inf
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [NaN, -Infinity]}]}'
+    r = client.post("/v2/models/scaler/infer", content=body,
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    data = json.loads(r.text)["outputs"][0]["data"]
+    assert math.isnan(data[0]) and data[1] == -math.inf
+    assert_good(client)

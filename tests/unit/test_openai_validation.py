@@ -149,6 +149,8 @@ BAD_CHATS = [
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"max_completion_tokens": 0}, "max_completion_tokens"),
     ({"tools": [{"type": "function"}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
     ({"chat_template": "{{ messages }}"}, "chat_template"),
     ({"chat_template_kwargs": {"x": 1}}, "chat_template_kwargs"),
     ({"temperature": 3}, "temperature"),
@@ -260,3 +262,15 @@ def test_usage_and_response_shapes() -> None:
 
 def test_invalid_input_is_a_400() -> None:
     assert InvalidInput("x").http_status == 400 and UnsupportedEndpoint("x").http_status == 400
+
+
+def test_any_64_bit_seed_is_accepted_and_choices_wrap() -> None:
+    from steadyserve.transport.routes_openai import _choice_seed
+
+    for seed in (2**63 - 1, -(2**63), 0):
+        assert completion(seed=seed).params.seed == seed
+    expect(400, "seed", completion, seed=2**63)
+    expect(400, "seed", completion, seed=-(2**63) - 1)
+    assert _choice_seed(2**63 - 1, 1) == -(2**63)  # wraps, stays a signed 64-bit seed
+    assert _choice_seed(7, 2) == 9
+    assert chat(tool_choice="none").messages  # "none" needs no tools

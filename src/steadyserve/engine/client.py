@@ -25,6 +25,7 @@ from steadyserve.engine import ipc
 from steadyserve.engine.supervisor import EngineConfig, State, WorkerSupervisor
 from steadyserve.errors import (
     DeadlineExceeded,
+    InvalidInput,
     QueueFull,
     ServiceUnavailable,
     SteadyError,
@@ -116,6 +117,10 @@ class ModelEngine(WorkerSupervisor):
                 log.exception("engine listener failed")
 
     def _dispatch(self, msg: ipc.ToServer) -> None:
+        if isinstance(msg, ipc.Busy):
+            self._busy_rows = msg.rows
+            return
+        self._busy_rows = 0
         if isinstance(msg, ipc.Deltas):
             for rid, seconds in msg.started:
                 if rid in self._pending:
@@ -139,6 +144,7 @@ class ModelEngine(WorkerSupervisor):
         elif isinstance(msg, ipc.Ready):
             self.info = msg.info
             self.state = State.READY
+            self._ever_ready = True
             self.last_error = None
             self._ready_event.set()
             log.info("model %s is ready (%s)", self.name, ", ".join(msg.info.capabilities))
@@ -172,6 +178,13 @@ class ModelEngine(WorkerSupervisor):
         elif pending.queue is not None:
             pending.queue.put_nowait(outcome)
         return True
+
+    def fail_in_flight(self, error: SteadyError) -> None:
+        """End every request in flight with ``error`` and drop them in the worker (shutdown)."""
+        for rid in list(self._pending):
+            if self._finish(rid, error) and self._writer is not None:
+                with contextlib.suppress(Exception):
+                    self._writer.write(ipc.frame(ipc.Abort(id=rid)))
 
     def _fail_all(self, error: SteadyError) -> None:
         for rid in list(self._pending):
@@ -207,6 +220,12 @@ class ModelEngine(WorkerSupervisor):
                 f"(max_queue_size={self.config.max_queue_size})",
                 retry_after=1,
             )
+        if tokens > self.config.max_queue_tokens:
+            raise InvalidInput(
+                f"the request needs {tokens} tokens (prompt + max_tokens), more than this "
+                f"model ever queues (max_queue_tokens={self.config.max_queue_tokens})",
+                param="max_tokens",
+            )
         if tokens and self._queued_tokens + tokens > self.config.max_queue_tokens:
             raise QueueFull(
                 f"model {self.name} has {self._queued_tokens} tokens queued "
@@ -217,6 +236,23 @@ class ModelEngine(WorkerSupervisor):
         self._queued_tokens += tokens
         return rid
 
+    def _submit_frame(self, message: ipc.Submit, tokens: int) -> bytes:
+        """The request's IPC frame. Encoded *before* the request is registered: a payload the
+        codec cannot carry (text that is not valid Unicode, an integer beyond 64 bits) is the
+        client's 400 and must not leave a pending slot behind."""
+        try:
+            return ipc.frame(message)
+        except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
+            self._queued_tokens -= tokens
+            reason = (
+                "text that is not valid Unicode"
+                if isinstance(exc, UnicodeEncodeError)
+                else "an integer outside the 64-bit range"
+                if isinstance(exc, OverflowError)
+                else "a value that cannot be encoded"
+            )
+            raise InvalidInput(f"the request holds {reason}") from None
+
     def _timeout(self, timeout_s: float | None) -> float:
         default = self.config.request_timeout_s
         return default if timeout_s is None else max(0.0, min(timeout_s, default))
@@ -224,11 +260,14 @@ class ModelEngine(WorkerSupervisor):
     async def _unary(self, kind: str, payload: Any, timeout_s: float | None) -> Any:
         timeout = self._timeout(timeout_s)
         rid = self._admit(kind, 0)
+        data = self._submit_frame(
+            ipc.Submit(id=rid, kind=kind, timeout_s=timeout, **{kind: payload}), 0
+        )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending[rid] = _Pending(kind=kind, tokens=0, future=future)
         assert self._writer is not None
-        self._writer.write(ipc.frame(ipc.Submit(id=rid, kind=kind, timeout_s=timeout, **{kind: payload})))
+        self._writer.write(data)
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(future)
@@ -263,13 +302,15 @@ class ModelEngine(WorkerSupervisor):
         Use as ``async with contextlib.aclosing(engine.generate(...)) as stream``."""
         timeout = self._timeout(timeout_s)
         prompt_len = len(request.prompt_token_ids or ()) or len(request.prompt or "") // 4
-        rid = self._admit("generate", prompt_len + request.params.max_tokens)
-        queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
-        self._pending[rid] = _Pending(
-            kind="generate", tokens=prompt_len + request.params.max_tokens, queue=queue
+        tokens = prompt_len + request.params.max_tokens
+        rid = self._admit("generate", tokens)
+        data = self._submit_frame(
+            ipc.Submit(id=rid, kind="generate", timeout_s=timeout, generate=request), tokens
         )
+        queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
+        self._pending[rid] = _Pending(kind="generate", tokens=tokens, queue=queue)
         assert self._writer is not None
-        self._writer.write(ipc.frame(ipc.Submit(id=rid, kind="generate", timeout_s=timeout, generate=request)))
+        self._writer.write(data)
         started = last = time.monotonic()
         deadline = started + timeout
         first, prompt_seen = True, False

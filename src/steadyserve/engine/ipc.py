@@ -113,6 +113,13 @@ class Heartbeat(msgspec.Struct, tag=True):
     stats: dict[str, int] = {}
 
 
+class Busy(msgspec.Struct, tag=True):
+    """A predict batch of ``rows`` rows starts: the hang watchdog allows it ``rows`` times the
+    hang timeout of silence (a batch of slow rows is slow, not hung)."""
+
+    rows: int
+
+
 class Progress(msgspec.Struct, tag=True):
     """Load progress, forwarded to the server log."""
 
@@ -120,7 +127,7 @@ class Progress(msgspec.Struct, tag=True):
 
 
 ToWorker = Union[Load, Submit, Abort, Shutdown]
-ToServer = Union[Ready, LoadFailed, Result, Deltas, Failed, Heartbeat, Progress]
+ToServer = Union[Ready, LoadFailed, Result, Deltas, Failed, Heartbeat, Busy, Progress]
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)

@@ -27,6 +27,7 @@ from steadyserve.engine.bridge import infer_to_instances, predictions_to_infer, 
 from steadyserve.engine.ipc import (
     Abort,
     BlockingChannel,
+    Busy,
     Deltas,
     Failed,
     Heartbeat,
@@ -297,6 +298,7 @@ class Scheduler:
         kind = batch[0].msg.kind
         started = time.monotonic()
         failure: SteadyError | None = None
+        self.channel.send(Busy(rows=sum(job.rows for job in batch)))
         try:
             if kind == "infer" and batch[0].group[0] == "infer-solo":
                 results = [self._infer_solo(batch[0])]
@@ -338,7 +340,10 @@ class Scheduler:
         model = self.model
         x = call_maybe_async(self.loop, model.preprocess, instances)
         if self.predict_takes_parameters:
-            y = call_maybe_async(self.loop, model.predict, x, _parameters(batch[0]))
+            params = _parameters(batch[0])
+            if batch[0].msg.kind == "infer":
+                params = model.infer_parameters(params)
+            y = call_maybe_async(self.loop, model.predict, x, params)
         else:
             y = call_maybe_async(self.loop, model.predict, x)
         y = call_maybe_async(self.loop, model.postprocess, y)

@@ -72,6 +72,14 @@ class WorkerSupervisor:
         self._ready_event = asyncio.Event()
         self._last_message = time.monotonic()
         self._stopping = False
+        #: rows of the predict batch the worker said it started (0: none running)
+        self._busy_rows = 0
+        #: whether this engine's model was ever loaded (ready) at all
+        self._ever_ready = False
+        #: set by the registry where a model that never loads should be given up (called once,
+        #: with the reason, after ``max_consecutive_crashes`` failed loads in a row) instead of
+        #: failing liveness: in a repository, one broken model must not restart the pod.
+        self.on_give_up: Any = None
 
     # hooks implemented by the engine client
     def _dispatch(self, msg: ipc.ToServer) -> None:
@@ -163,6 +171,7 @@ class WorkerSupervisor:
                 proc, reader = await self._spawn()
                 self._proc = proc
                 self._last_message = time.monotonic()
+                self._busy_rows = 0
                 self._reader_task = asyncio.create_task(self._read_loop(reader))
                 outcome = await self._watch(proc)
             except asyncio.CancelledError:
@@ -195,6 +204,17 @@ class WorkerSupervisor:
             else:
                 self.consecutive_crashes += 1
             self.restarts += 1
+            if (
+                self.on_give_up is not None
+                and not self._ever_ready
+                and self.consecutive_crashes >= self.config.max_consecutive_crashes
+            ):
+                log.error(
+                    "model %s: %d failed loads in a row (%s); giving it up", self.name,
+                    self.consecutive_crashes, outcome,
+                )
+                self.on_give_up(outcome)
+                break
             self._emit("restart", reason=outcome)
             log.error(
                 "model %s: worker %s (crash %d in a row); restarting in %.1fs",
@@ -228,7 +248,9 @@ class WorkerSupervisor:
                         await wait
                         return "did not load in time"
                     continue
-                if now - self._last_message > self.config.worker_hang_timeout_s:
+                # silence is a hang past the timeout - per row of a running predict batch
+                limit = self.config.worker_hang_timeout_s * max(1, self._busy_rows)
+                if now - self._last_message > limit:
                     log.error(
                         "model %s: worker silent for %.1fs with %d request(s); killing it",
                         self.name,

@@ -26,7 +26,7 @@ MAX_STOP = 4
 MAX_STOP_CHARS = 256
 MAX_LOGPROBS = 20
 MAX_EMBED_INPUTS = 2048
-MAX_SEED = 2**63 - 1 - MAX_SEQUENCES
+MAX_SEED = 2**63 - 1
 DEFAULT_COMPLETION_TOKENS = 16
 
 _ENDPOINTS = {
@@ -119,7 +119,7 @@ def sampling_params(
         raise InvalidInput("'top_k' must be >= 0 (0 or -1: off)", param="top_k")
     if req.min_tokens < 0:
         raise InvalidInput("'min_tokens' must be >= 0", param="min_tokens")
-    if req.seed is not None and not -MAX_SEED <= req.seed <= MAX_SEED:
+    if req.seed is not None and not -MAX_SEED - 1 <= req.seed <= MAX_SEED:
         raise InvalidInput("'seed' is out of range (64-bit integer)", param="seed")
     if req.response_format is not None and req.response_format.type != "text":
         raise InvalidInput(
@@ -273,6 +273,9 @@ def check_chat_extras(req: ChatRequest, allow_request_template: bool) -> None:
     """Refuse what chat cannot honour: tools, and per-request templates unless allowed."""
     if req.tools:
         raise InvalidInput("'tools' are not supported", param="tools")
+    if req.tool_choice is not None and req.tool_choice != "none":
+        raise InvalidInput("'tool_choice' needs 'tools', which are not supported",
+                           param="tool_choice")
     if (req.chat_template is not None or req.chat_template_kwargs) and not allow_request_template:
         param = "chat_template" if req.chat_template is not None else "chat_template_kwargs"
         raise InvalidInput(

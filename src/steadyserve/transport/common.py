@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from steadyserve.errors import InvalidInput
 
@@ -25,16 +27,66 @@ async def read_json(request: Request) -> Any:
     return parse_json_bytes(await request.body())
 
 
+#: a ``\uD800``-``\uDFFF`` escape: JSON can spell a lone UTF-16 surrogate, Unicode cannot
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
 def parse_json_bytes(body: bytes) -> Any:
-    """Parse a JSON body (or the JSON header of a binary-extension body); errors are 400s."""
+    """Parse a JSON body (or the JSON header of a binary-extension body); errors are 400s.
+
+    Refused besides malformed JSON: nesting too deep for the parser, integers too long to
+    convert (Python's 4300-digit limit), and strings holding a lone UTF-16 surrogate
+    (``"\ud800"`` parses, but is not text: no tokenizer, encoder or codec downstream takes it).
+    ``NaN`` / ``Infinity`` literals are accepted (Python clients send them for such floats)."""
     if not body:
         raise InvalidInput("request body is empty; expected JSON")
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidInput("request body is nested too deeply") from None
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string ..."
+        raise InvalidInput(f"request body has a number that cannot be read: {str(exc)[:80]}") from None
+    if _SURROGATE_ESCAPE.search(body) is not None:
+        _refuse_lone_surrogates(value)
+    return value
+
+
+def _refuse_lone_surrogates(value: Any) -> None:
+    """400 if any string (key or value) in ``value`` is not encodable Unicode. Iterative: the
+    parser already bounded the depth, but a walk must not recurse on it either."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            texts: list[str] = [item]
+        elif isinstance(item, dict):
+            texts = [k for k in item if isinstance(k, str)]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+            continue
+        else:
+            continue
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInput(
+                    "request body has a string with a lone UTF-16 surrogate (\\ud800-\\udfff "
+                    "not in a pair): not valid Unicode text"
+                ) from None
+
+
+class DataJSONResponse(JSONResponse):
+    """JSON for inference results: a model's NaN / Infinity outputs are written as the
+    ``NaN`` / ``Infinity`` literals that Python's ``json`` (and so tritonclient) reads, rather
+    than failing the response (strict JSON has no spelling for them)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=True,
+                          separators=(",", ":")).encode("utf-8")
 
 
 def request_timeout(request: Request) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -72,7 +73,15 @@ def error_response(request: Request, exc: BaseException) -> Response:
         status, message = 500, "internal server error"
         err_type, param, code = "server_error", None, None
     body = error_body(path, status, message, err_type=err_type, param=param, code=code)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return ErrorJSONResponse(body, status_code=status, headers=headers)
+
+
+class ErrorJSONResponse(JSONResponse):
+    """Error bodies are ASCII JSON: a message that quotes a client's bytes (a model name with a
+    lone surrogate, say) can always be written, and an error response never fails itself."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=True).encode("ascii")
 
 
 def build_app(ctx: ServerContext) -> FastAPI:
@@ -101,6 +110,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
+        redirect_slashes=False,  # an unknown path is a 404 JSON error, not a bodiless 307
     )
 
     async def handle(request: Request, exc: Exception) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,15 +50,24 @@ async def tokenizer_for(ctx: ServerContext, engine: ModelEngine, info: ModelInfo
         raise ModelError(f"could not load the tokenizer of model {engine.name}") from None
 
 
-def _load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
+#: one tokenizer load at a time: transformers' lazy imports are not thread-safe, and several
+#: models turning ready together would otherwise load their tokenizers in parallel threads
+_TOKENIZER_LOAD = threading.Lock()
 
-    return AutoTokenizer.from_pretrained(path)
+
+def _load_tokenizer(path: str) -> Any:
+    with _TOKENIZER_LOAD:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
 
 
 def _encode(tokenizer: Any, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+    # truncation=False: a tokenizer.json that truncates by default must not shorten a prompt
+    # silently - its real length is checked against the model's limit (400 if too long)
     return [
-        list(tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"]) for t in texts
+        list(tokenizer(t, add_special_tokens=add_special_tokens, truncation=False)["input_ids"])
+        for t in texts
     ]
 
 

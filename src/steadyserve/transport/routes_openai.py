@@ -81,6 +81,11 @@ class _Job:
         ])
 
 
+def _choice_seed(seed: int, index: int) -> int:
+    """Choice ``index``'s seed: ``seed + index``, wrapped into the signed 64-bit range."""
+    return (seed + index + 2**63) % 2**64 - 2**63
+
+
 def _sequences(prompts: list[list[int] | str], prompt_lens: list[int], base: SamplingParams,
                max_tokens: list[int], n: int, context: bool) -> list[SeqSpec]:
     seqs = []
@@ -90,7 +95,7 @@ def _sequences(prompts: list[list[int] | str], prompt_lens: list[int], base: Sam
             params = msgspec.structs.replace(
                 base,
                 max_tokens=max_tokens[p],
-                seed=None if base.seed is None else base.seed + index,
+                seed=None if base.seed is None else _choice_seed(base.seed, index),
             )
             if isinstance(prompt, str):
                 req = GenerateRequest(prompt=prompt, params=params)
@@ -107,6 +112,14 @@ def build_router(ctx: ServerContext) -> APIRouter:
     """The OpenAI routes of one server context."""
     router = APIRouter()
     registry = ctx.registry
+
+    def warm_tokenizer(engine: ModelEngine, event: str, **_: Any) -> None:
+        """Load the tokenizer as soon as a model is ready, not on its first OpenAI request."""
+        if event == "ready" and engine.info is not None and engine.info.tokenizer_dir:
+            task = asyncio.ensure_future(tokenizer_for(ctx, engine, engine.info))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    registry.on_engine.append(lambda engine: engine.listeners.append(warm_tokenizer))
 
     def model_and_info(name: str) -> tuple[ModelEngine, ModelInfo]:
         engine = registry.get(name)

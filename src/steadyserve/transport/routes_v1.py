@@ -10,7 +10,12 @@ from starlette.responses import JSONResponse
 
 from steadyserve.errors import ServiceUnavailable, UnsupportedEndpoint
 from steadyserve.protocol import v1
-from steadyserve.transport.common import cancel_on_disconnect, read_json, request_timeout
+from steadyserve.transport.common import (
+    DataJSONResponse,
+    cancel_on_disconnect,
+    read_json,
+    request_timeout,
+)
 from steadyserve.transport.context import ServerContext
 from steadyserve.types import Capability
 
@@ -54,6 +59,6 @@ def build_router(ctx: ServerContext) -> APIRouter:
         result = await cancel_on_disconnect(
             request, engine.predict(req, timeout_s=request_timeout(request))
         )
-        return JSONResponse(v1.encode_predict_response(result))
+        return DataJSONResponse(v1.encode_predict_response(result))
 
     return router

@@ -13,6 +13,7 @@ from steadyserve.engine.client import ModelEngine
 from steadyserve.errors import ModelNotFound
 from steadyserve.protocol import v2, v2_binary
 from steadyserve.transport.common import (
+    DataJSONResponse,
     cancel_on_disconnect,
     parse_json_bytes,
     read_json,
@@ -97,7 +98,7 @@ def encode_response(request: Request, req: v2.InferRequest, result: v2.InferResp
     """JSON, or JSON header + raw output bytes when the request asked for binary outputs."""
     framed = v2_binary.encode_binary_response(req, result)
     if framed is None:
-        return JSONResponse(v2.encode_infer_response(result))
+        return DataJSONResponse(v2.encode_infer_response(result))
     content, header_length = framed
     return Response(
         content,

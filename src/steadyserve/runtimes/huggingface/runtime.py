@@ -194,6 +194,13 @@ class HuggingFaceModel(Model):
         return engine
 
     # ---- V2 output tensors (used by the engine's V2 bridge) ----------------------------------
+    def infer_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """V2 declares ``label`` *and* ``score`` for sequence classification: compute both
+        (V1 keeps KServe's plain labels unless ``return_scores`` is asked for)."""
+        if self.task == "sequence_classification":
+            return {"return_scores": True, **parameters}
+        return parameters
+
     def v2_columns(self, predictions: list[Any]) -> dict[str, list[Any]]:
         """Per-row predictions → V2 output columns (see the module docstring)."""
         task = self.task
