@@ -5,6 +5,7 @@ dynamic batcher - and drives V1 ``:predict`` (one sentence per request) at concu
 Also measures the in-process ceiling: the bare model's forward pass on a batch of 1 and of 32.
 
     python benchmarks/bench_batching.py [--requests 400] [--layers 4] [--hidden 256]
+                                        [--wait_ms 5 ...]
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def ceiling(model_dir: str, iters: int = 20) -> list[dict[str, Any]]:
 
 
 async def drive(url: str, total: int) -> list[dict[str, Any]]:
+    # warm-up (first forward passes pick kernels, the first connections are opened)
+    await run_load(url, lambda i: {"instances": [SENTENCES[i % len(SENTENCES)]]},
+                   concurrency=8, total=32, duration_s=30)
     rows = []
     for concurrency in (1, 8, 32):
         result = await run_load(
@@ -90,6 +94,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--wait_ms", type=float, nargs="+", default=[5.0],
+                        help="--max_batch_wait_ms values to compare (default: 5, the server's)")
+    parser.add_argument("--server_args", default="",
+                        help="extra serve flags for every run, e.g. '--torch_threads 1'")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "steadyserve-bench"))
     args = parser.parse_args()
     cache = Path(args.cache)
@@ -98,9 +106,13 @@ def main() -> None:
     results: dict[str, Any] = {"model": f"bert {args.layers}x{args.hidden}"}
     results["ceiling"] = ceiling(model_dir)
     print_table("in-process ceiling (no server)", results["ceiling"])
-    for label, extra in (("no batching (max_batch_size=1)", ["--max_batch_size", "1"]),
-                         ("dynamic batching (max 32, wait 5 ms)", ["--max_batch_size", "32"])):
+    configs = [("no batching (max_batch_size=1)", ["--max_batch_size", "1"])]
+    for wait in args.wait_ms:
+        configs.append((f"dynamic batching (max 32, wait {wait:g} ms)",
+                        ["--max_batch_size", "32", "--max_batch_wait_ms", str(wait)]))
+    for label, extra in configs:
         with ServerProcess("--model_dir", model_dir, "--model_name", "bert", *extra,
+                           *args.server_args.split(),
                            ready_timeout=180) as srv:
             rows = asyncio.run(drive(f"{srv.url}/v1/models/bert:predict", args.requests))
         results[label] = rows

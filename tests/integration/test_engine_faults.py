@@ -241,3 +241,25 @@ def test_second_sigterm_ends_at_once_and_still_exits_zero() -> None:
         os.kill(srv.proc.pid, signal.SIGTERM)
         assert slow.result().status_code == 503
         assert srv.proc.wait(timeout=20) == 0  # not 143: the signal is not re-raised
+
+
+def test_batches_wait_only_for_requests_on_their_way(tmp_path: Path) -> None:
+    """--max_batch_wait_ms is a bound, not a toll: a lone request runs at once (the server tells
+    the worker nothing else is in flight), and requests that queue behind a running batch still
+    merge into one call - without the wait."""
+    calls = tmp_path / "calls.txt"
+    args = ["--model_class", FAULTY, "--model_name", "faulty", "--max_batch_wait_ms", "3000"]
+    with ServerProcess(*args, env={"FAULTY_CALLS_FILE": str(calls)}) as srv:
+        for _ in range(3):
+            t0 = time.monotonic()
+            assert predict(srv.url, "alone").status_code == 200
+            assert time.monotonic() - t0 < 1.0  # not the 3 s wait
+        calls.write_text("")
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: predict(srv.url, "sleep:0.2"), range(8)))
+        assert [r.status_code for r in results] == [200] * 8
+        # 8 x 0.2 s of serial sleeps; a batch that waited 3 s for company would take 4.6 s+
+        assert time.monotonic() - t0 < 3.5
+        sizes = [int(n) for n in calls.read_text().split()]
+        assert sum(sizes) == 8 and max(sizes) >= 2, sizes  # still batched

@@ -70,6 +70,8 @@ class ModelEngine(WorkerSupervisor):
         self.worker_stats: dict[str, int] = {"running": 0, "queued": 0}
         self._pending: dict[int, _Pending] = {}
         self._queued_tokens = 0
+        #: Result/Failed messages received for predict/infer/embed (the batching hint)
+        self._unary_results = 0
         self._ids = itertools.count(1)
         self._init_supervision()
         #: set on SIGTERM: readiness fails and new requests get 503 while in-flight ones finish.
@@ -134,10 +136,14 @@ class ModelEngine(WorkerSupervisor):
                 else:
                     pending.queue.put_nowait(delta)
         elif isinstance(msg, ipc.Result):
+            self._unary_results += 1
             if msg.id in self._pending:
                 self._emit("queue_wait", seconds=msg.queue_s)
             self._finish(msg.id, msg.predict or msg.infer or msg.embed)
         elif isinstance(msg, ipc.Failed):
+            failed = self._pending.get(msg.id)
+            if failed is not None and failed.kind != "generate":
+                self._unary_results += 1
             self._finish(msg.id, from_kind(msg.kind, msg.message))
         elif isinstance(msg, ipc.Heartbeat):
             self.worker_stats = {"running": msg.running, "queued": msg.queued, **msg.stats}
@@ -260,9 +266,10 @@ class ModelEngine(WorkerSupervisor):
     async def _unary(self, kind: str, payload: Any, timeout_s: float | None) -> Any:
         timeout = self._timeout(timeout_s)
         rid = self._admit(kind, 0)
-        data = self._submit_frame(
-            ipc.Submit(id=rid, kind=kind, timeout_s=timeout, **{kind: payload}), 0
-        )
+        unary = 1 + sum(1 for p in self._pending.values() if p.future is not None)
+        submit = ipc.Submit(id=rid, kind=kind, timeout_s=timeout, in_flight=unary,
+                            results_seen=self._unary_results, **{kind: payload})
+        data = self._submit_frame(submit, 0)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending[rid] = _Pending(kind=kind, tokens=0, future=future)

@@ -61,6 +61,12 @@ class Submit(msgspec.Struct, tag=True):
     id: int
     kind: str  # "predict" | "infer" | "embed" | "generate"
     timeout_s: float | None
+    #: predict/infer/embed requests the server has in flight for this model, this one included,
+    #: and how many unary results it had received from the worker when it sent this: with its
+    #: own count of results sent, the worker knows how many of those requests it has not
+    #: finished; once all of them are queued, no batch-mate is on its way - run, don't wait.
+    in_flight: int = 0
+    results_seen: int = 0
     predict: PredictRequest | None = None
     infer: InferRequest | None = None
     embed: EmbedRequest | None = None

@@ -136,6 +136,11 @@ class Scheduler:
         self.infer_override = model._overrides("infer")
         self.predict_takes_parameters = _accepts_parameters(model.predict)
         self.last_heartbeat = 0.0
+        #: the batching hint of the latest unary Submit: (server's in-flight count, results it
+        #: had seen); in_flight 0 = unknown, every batch waits its max_batch_wait_ms
+        self.hint = (0, 0)
+        #: Result/Failed messages sent for predict/infer/embed requests
+        self.results_sent = 0
 
     # ---- I/O -----------------------------------------------------------------------------
     def _reader(self) -> None:
@@ -150,6 +155,8 @@ class Scheduler:
             os._exit(4)
 
     def _fail(self, job: Job, exc: BaseException) -> None:
+        if job.msg.kind != "generate":
+            self.results_sent += 1
         err = as_error(exc)
         if not isinstance(err, SteadyError) or isinstance(err, ModelError):
             log.warning("request %s failed: %s", job.msg.id, err.message)
@@ -180,6 +187,8 @@ class Scheduler:
     def _wait_time(self) -> float:
         if self.gen_running or self.gen_waiting:
             return 0.0
+        if self.pending and self._batch_due():
+            return 0.0
         if self.pending:
             oldest = self.pending[0].arrived
             return max(0.0, oldest + self.spec.max_batch_wait_ms / 1000 - time.monotonic())
@@ -208,6 +217,7 @@ class Scheduler:
                 else:
                     self.gen_waiting.append(job)
             else:
+                self.hint = (msg.in_flight, msg.results_seen)
                 try:
                     self._classify(job)
                 except Exception as exc:  # noqa: BLE001
@@ -278,6 +288,9 @@ class Scheduler:
         rows = sum(j.rows for j in self.pending if j.group == head.group)
         if rows >= self.spec.max_batch_size:
             return True
+        in_flight, seen = self.hint
+        if in_flight and len(self.pending) >= in_flight - (self.results_sent - seen):
+            return True  # every request the server has in flight is here: nobody to wait for
         return time.monotonic() - head.arrived >= self.spec.max_batch_wait_ms / 1000
 
     def _run_batch(self) -> None:
@@ -328,6 +341,7 @@ class Scheduler:
             return
         for job, result in zip(batch, results, strict=True):
             result.queue_s = max(0.0, started - job.arrived)
+            self.results_sent += 1
             self.channel.send(result)
 
     def _aborted_jobs(self, batch: list[Job]) -> list[Job]:

@@ -55,6 +55,25 @@ async def tokenizer_for(ctx: ServerContext, engine: ModelEngine, info: ModelInfo
 _TOKENIZER_LOAD = threading.Lock()
 
 
+def preload_tokenizer_library() -> threading.Thread:
+    """Import ``transformers`` (1-2 s of CPU under the GIL, torch included) in a background
+    thread now, while the model workers load, instead of when the first model turns ready: a
+    late import stalls the event loop - every request in flight - for that long."""
+
+    def run() -> None:
+        with _TOKENIZER_LOAD:
+            try:
+                import transformers  # noqa: F401
+
+                _ = transformers.AutoTokenizer
+            except Exception:  # pragma: no cover - reported when a tokenizer is loaded
+                log.exception("could not import transformers")
+
+    thread = threading.Thread(target=run, name="preload-transformers", daemon=True)
+    thread.start()
+    return thread
+
+
 def _load_tokenizer(path: str) -> Any:
     with _TOKENIZER_LOAD:
         from transformers import AutoTokenizer

@@ -40,6 +40,7 @@ from steadyserve.transport.openai_serving import (
     error_payload,
     has_chat_template,
     merge,
+    preload_tokenizer_library,
     run_sequence,
     token_text,
     tokenizer_for,
@@ -120,6 +121,8 @@ def build_router(ctx: ServerContext) -> APIRouter:
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     registry.on_engine.append(lambda engine: engine.listeners.append(warm_tokenizer))
+    if any(spec.kind in ("huggingface", "demo") for spec in registry.known().values()):
+        preload_tokenizer_library()
 
     def model_and_info(name: str) -> tuple[ModelEngine, ModelInfo]:
         engine = registry.get(name)
