@@ -27,6 +27,32 @@ log = logging.getLogger("steadyserve")
 
 EXIT_CONFIG = 2
 
+#: Other spellings KServe's servers accept for our flags (huggingfaceserver's --max_length).
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {"max_model_len": ("--max_length",)}
+
+#: Flags of KServe's model server and huggingfaceserver that have no meaning in steadyserve.
+#: They are accepted (their values still type-checked) so that an InferenceService written for
+#: KServe's runtime starts unchanged, and each one given is named in a start-up warning with
+#: the reason - never silently dropped. Anything else unknown is still an error (exit 2).
+KSERVE_NO_EFFECT: dict[str, tuple[Any, str]] = {
+    "workers": (int, "one HTTP process per pod; each model has its own worker process"),
+    "max_threads": (int, "gRPC runs on asyncio"),
+    "max_asyncio_workers": (int, "model code runs in the model's worker process"),
+    "enable_docs_url": ("bool", "no Swagger UI is served"),
+    "enable_latency_logging": ("bool", "every access log line carries duration_ms"),
+    "configure_logging": ("bool", "logging is set by --log_level / --log_format"),
+    "log_config_file": (str, "logging is set by --log_level / --log_format"),
+    "access_log_format": (str, "the access line is fixed (LOG_FORMAT=json for fields)"),
+    "disable_log_requests": ("bool", "prompts are logged only with --log_prompts"),
+    "max_log_len": (int, "--log_prompts logs at most 500 characters"),
+    "disable_lower_case": ("bool", "the tokenizer's own configuration is used"),
+    "disable_special_tokens": ("bool", "the tokenizer's own configuration is used"),
+    "return_token_type_ids": ("bool", "inputs are tokenized by the runtime"),
+    "tensor_input_names": (str, "inputs are tokenized by the runtime"),
+    "return_probabilities": (
+        "bool", "ask per request: parameters {\"return_all_scores\": true}"),
+}
+
 
 def _parse_bool(raw: str) -> bool:
     value = raw.strip().lower()
@@ -81,7 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs.update(metavar=name.upper())
         if default not in (None, [], False):
             kwargs["help"] += f" (default: {default})"
-        serve.add_argument(f"--{name}", **kwargs)
+        serve.add_argument(f"--{name}", *FLAG_ALIASES.get(name, ()), **kwargs)
+    compat = serve.add_argument_group(
+        "KServe compatibility",
+        "Flags of KServe's model server / huggingfaceserver that have no effect here; accepted so "
+        "InferenceServices written for KServe start unchanged, and named in a start-up warning.",
+    )
+    for name, (kind, why) in KSERVE_NO_EFFECT.items():
+        extra: dict[str, Any] = (
+            {"nargs": "?", "const": True, "type": _parse_bool, "metavar": "BOOL"}
+            if kind == "bool" else {"type": kind, "metavar": name.upper()}
+        )
+        compat.add_argument(f"--{name}", dest=f"kserve_{name}", default=None,
+                            help=f"no effect: {why}".replace("%", "%%"), **extra)
     serve.epilog = (
         "Environment only: STEADYSERVE_API_KEY (API keys, comma-separated). "
         "Per request: X-Request-Timeout header (seconds)."
@@ -136,7 +174,9 @@ def model_specs(settings: Settings) -> list[Any]:
                           model_dir=model_dir, **common)]
     if settings.model_id is not None:
         name = settings.model_name or settings.model_id.rsplit("/", 1)[-1]
-        return [ModelSpec(name=name, kind="huggingface", model_id=settings.model_id, **common)]
+        return [ModelSpec(name=name, kind="huggingface", model_id=settings.model_id,
+                          revision=settings.model_revision,
+                          tokenizer_revision=settings.tokenizer_revision, **common)]
     model_dir = resolve_model_dir(settings)
     if model_dir is None:
         from steadyserve.runtimes.huggingface.tiny import ensure_demo_model
@@ -168,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"steadyserve: {exc}\n")
             return EXIT_CONFIG
         return 0
-    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    values = vars(args)
+    flags = {k: v for k, v in values.items() if k != "command" and not k.startswith("kserve_")}
+    ignored = {k[len("kserve_"):]: v for k, v in values.items()
+               if k.startswith("kserve_") and v is not None}
     try:
         settings = build_settings(flags)
         setup_logging(settings)
@@ -178,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     from steadyserve.server import run
 
+    for name, value in ignored.items():
+        log.warning("--%s=%s is accepted for KServe compatibility and has no effect: %s",
+                    name, value, KSERVE_NO_EFFECT[name][1])
     log.info("effective configuration: %s", settings.redacted())
     return run(settings, specs)
 

@@ -70,6 +70,18 @@ class Settings(BaseModel):
         None, description="Where KServe's storage initializer put the model: a path or file:// URI."
     )
     model_id: str | None = Field(None, description="Hugging Face hub id to load instead of a dir.")
+    model_revision: str | None = Field(
+        None, max_length=256, description="Hub revision (branch, tag or commit) of --model_id."
+    )
+    tokenizer_revision: str | None = Field(
+        None, max_length=256, description="Hub revision of the tokenizer (default: "
+        "--model_revision)."
+    )
+    backend: Literal["auto", "huggingface"] = Field(
+        "auto", description="KServe's huggingfaceserver backend. steadyserve runs every model "
+        "on its own engine (transformers + continuous batching): auto and huggingface both mean "
+        "that; vllm and triton are refused."
+    )
     model_class: str | None = Field(
         None,
         description="Custom model: 'path/to/file.py:ClassName' or 'package.module:ClassName'.",
@@ -154,7 +166,16 @@ class Settings(BaseModel):
     # ---- logging -------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log format.")
-    log_prompts: bool = Field(False, description="Log prompts (bounded). Off by default.")
+    log_prompts: bool = Field(
+        False, description="Log each OpenAI request's prompt, cut to 500 characters, with its "
+        "request id. Off by default: prompts are not logged."
+    )
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_aliases(cls, value: Any) -> Any:
+        # KServe's huggingfaceserver also accepts torch's aliases
+        return {"float": "float32", "half": "float16"}.get(value, value)
 
     @field_validator("device")
     @classmethod

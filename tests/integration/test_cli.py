@@ -79,3 +79,33 @@ def test_every_protocol_version_serves(value: str | None) -> None:
         assert r.status_code == 200, r.text
         assert r.json() == {"predictions": [[2.0]]}
         assert "None is not a valid" not in srv.logs()
+
+
+def test_kserve_huggingfaceserver_flags_start_the_server_and_are_named() -> None:
+    """An InferenceService written for KServe's runtime passes flags steadyserve has no use
+    for: they are accepted (type-checked), named in one warning each, and the server serves."""
+    args = ["--model_class", EXAMPLE, "--model_name", "scaler", "--workers", "1",
+            "--enable_docs_url", "false", "--disable_lower_case", "--max_length", "128",
+            "--backend", "huggingface", "--dtype", "float", "--return_probabilities"]
+    with ServerProcess(*args) as srv, srv.client() as c:
+        r = c.post("/v1/models/scaler:predict", json={"instances": [[1.5]]})
+        assert r.status_code == 200 and r.json() == {"predictions": [[3.0]]}
+        logs = srv.logs()
+    for flag in ("--workers=1", "--enable_docs_url=False", "--disable_lower_case=True",
+                 "--return_probabilities=True"):
+        assert f"{flag} is accepted for KServe compatibility and has no effect" in logs, flag
+    assert "'max_model_len': 128" in logs and "'dtype': 'float32'" in logs
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--backend", "vllm"], "valid values are auto, huggingface"),
+        (["--workers", "many"], "--workers"),
+        (["--max_length", "0"], "--max_model_len"),
+    ],
+)
+def test_kserve_flags_with_bad_values_exit_2(args: list[str], needle: str) -> None:
+    result = run_cli("serve", "--model_class", EXAMPLE, *args)
+    assert result.returncode == 2, result.stderr
+    assert needle in _one_line(result.stderr)

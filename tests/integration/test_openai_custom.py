@@ -261,3 +261,15 @@ def test_a_request_larger_than_the_token_budget_is_400_not_429() -> None:
         r = c.post("/openai/v1/completions",
                    json={"model": "faulty", "prompt": "x", "max_tokens": 2})
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == "t0 t1 "
+
+
+def test_log_prompts_logs_a_bounded_prompt_only_when_asked() -> None:
+    secret = "PROMPT-MARKER-" + "x" * 2000
+    with ServerProcess("--model_class", FAULTY, "--model_name", "faulty",
+                       "--log_prompts") as srv, srv.client() as c:
+        r = c.post("/v1/completions", json={"model": "faulty", "prompt": secret, "max_tokens": 1})
+        assert r.status_code == 200, r.text
+        line = wait_for(lambda: next((ln for ln in srv.logs().splitlines()
+                                      if "PROMPT-MARKER" in ln), None))
+        assert "completions prompt (2014 chars, cut)" in line
+        assert "x" * 480 in line and "x" * 600 not in line

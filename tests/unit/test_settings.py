@@ -112,3 +112,9 @@ def test_defaults_are_sane() -> None:
         "http://a",
         "http://b",
     ]
+
+
+def test_kserve_dtype_aliases() -> None:
+    assert build_settings({"dtype": "float"}, {}).dtype == "float32"
+    assert build_settings({"dtype": "half"}, {}).dtype == "float16"
+    assert build_settings({}, {"DTYPE": "half"}).dtype == "float16"

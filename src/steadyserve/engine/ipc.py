@@ -38,6 +38,9 @@ class ModelSpec(msgspec.Struct):
     kind: str
     model_dir: str | None = None
     model_id: str | None = None
+    #: hub revisions of model_id (KServe's --model_revision / --tokenizer_revision)
+    revision: str | None = None
+    tokenizer_revision: str | None = None
     model_class: str | None = None
     task: str | None = None
     dtype: str = "auto"

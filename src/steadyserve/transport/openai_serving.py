@@ -126,6 +126,20 @@ def token_text(tokenizer: Any | None, token_id: int) -> str:
     return str(tokenizer.decode([token_id], skip_special_tokens=False))
 
 
+#: longest prompt excerpt logged with --log_prompts
+LOG_PROMPT_CHARS = 500
+
+
+def log_prompt(ctx: ServerContext, route: str, prompt: Any) -> None:
+    """With ``--log_prompts``: one bounded line with the prompt (never by default)."""
+    if not ctx.settings.log_prompts:
+        return
+    text = prompt if isinstance(prompt, str) else repr(prompt)
+    cut = len(text) > LOG_PROMPT_CHARS
+    log.info("%s prompt (%d chars%s): %r", route, len(text), ", cut" if cut else "",
+             text[:LOG_PROMPT_CHARS])
+
+
 # ---- sequences ---------------------------------------------------------------------------------
 
 

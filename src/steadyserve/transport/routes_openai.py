@@ -39,6 +39,7 @@ from steadyserve.transport.openai_serving import (
     encode,
     error_payload,
     has_chat_template,
+    log_prompt,
     merge,
     preload_tokenizer_library,
     run_sequence,
@@ -134,6 +135,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
         engine, info = model_and_info(req.model)
         plan = oa.plan_completion(req, info)
         prompts = plan.prompts
+        log_prompt(ctx, "completions", prompts[0] if len(prompts) == 1 else prompts)
         timeout_s = request_timeout(request)
         tokenizer = await tokenizer_for(ctx, engine, info)
         resolved: list[list[int] | str] = []
@@ -208,6 +210,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
                     f"model {info.name} does not support chat completions (no chat template); "
                     f"it supports: {oa.supported(info)}", param="model")
             text = await apply_chat_template(tokenizer, messages, req.add_generation_prompt, kwargs)
+        log_prompt(ctx, "chat", text)
         ids = (await encode(tokenizer, [text], add_special_tokens=False))[0]
         if not ids:
             raise InvalidInput("the rendered chat prompt is empty", param="messages")

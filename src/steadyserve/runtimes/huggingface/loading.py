@@ -177,11 +177,11 @@ class Loaded:
     max_model_len: int
 
 
-def _snapshot_dir(model_id: str) -> str:
+def _snapshot_dir(model_id: str, revision: str | None = None) -> str:
     try:
         from huggingface_hub import snapshot_download
 
-        return str(snapshot_download(model_id, local_files_only=True))
+        return str(snapshot_download(model_id, revision=revision, local_files_only=True))
     except Exception:  # noqa: BLE001 - the id itself still loads from the cache
         return model_id
 
@@ -216,6 +216,12 @@ def load(spec: ModelSpec, progress: Callable[[str], None] = log.info) -> Loaded:
         source = find_model_dir(source)
     device = resolve_device(spec.device)
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    tokenizer_kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if not local:  # hub revisions (KServe's --model_revision / --tokenizer_revision)
+        if spec.revision:
+            kwargs["revision"] = spec.revision
+        if spec.tokenizer_revision or spec.revision:
+            tokenizer_kwargs["revision"] = spec.tokenizer_revision or spec.revision
     progress(f"reading the config of {source}")
     try:
         config = transformers.AutoConfig.from_pretrained(source, **kwargs)
@@ -234,9 +240,7 @@ def load(spec: ModelSpec, progress: Callable[[str], None] = log.info) -> Loaded:
     auto_cls = getattr(transformers, AUTO_CLASSES[task])
     progress(f"loading {source} as {task} ({auto_cls.__name__}, {dtype}, {device})")
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            source, trust_remote_code=spec.trust_remote_code
-        )
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **tokenizer_kwargs)
     except Exception as exc:
         raise LoadError(f"cannot load the tokenizer from {source}: {exc}") from exc
     try:
@@ -247,7 +251,7 @@ def load(spec: ModelSpec, progress: Callable[[str], None] = log.info) -> Loaded:
     model = model.to(device).eval()
     check_single_device(model, device)
     progress(f"loaded {sum(p.numel() for p in model.parameters()):,} parameters")
-    tokenizer_dir = source if local else _snapshot_dir(source)
+    tokenizer_dir = source if local else _snapshot_dir(source, tokenizer_kwargs.get("revision"))
     return Loaded(
         model=model,
         tokenizer=tokenizer,
