@@ -37,6 +37,7 @@ class ServerProcess:
         ready_timeout: float = 90.0,
         wait_ready: bool = True,
         grpc: bool = False,
+        new_session: bool = False,
     ) -> None:
         self.port = free_port()
         self.grpc_port = free_port() if grpc else None
@@ -46,6 +47,8 @@ class ServerProcess:
         self.env.setdefault("STEADYSERVE_WORKER_LOG_LEVEL", "WARNING")
         self.ready_timeout = ready_timeout
         self.wait_ready = wait_ready
+        #: its own process group (for signals sent to the whole group)
+        self.new_session = new_session
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in __exit__
             prefix="steadyserve-", suffix=".log", delete=False
@@ -61,7 +64,8 @@ class ServerProcess:
         if self.grpc_port is not None:
             cmd += ["--grpc_port", str(self.grpc_port), "--enable_grpc"]
         self.proc = subprocess.Popen(
-            cmd, stdout=self.log, stderr=subprocess.STDOUT, env=self.env, cwd=str(ROOT)
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env=self.env, cwd=str(ROOT),
+            start_new_session=self.new_session,
         )
         if self.wait_ready:
             self.wait_until_ready(self.ready_timeout)

@@ -20,6 +20,7 @@ from steadyserve.settings import (
     ConfigError,
     Settings,
     build_settings,
+    check_ports,
     resolve_model_dir,
 )
 
@@ -184,10 +185,23 @@ def model_specs(settings: Settings) -> list[Any]:
         path = ensure_demo_model()
         name = settings.model_name or DEMO_MODEL_NAME
         return [ModelSpec(name=name, kind="huggingface", model_dir=path, **common)]
+    _check_hf_model_dir(model_dir)
     name = settings.model_name or (os.path.basename(os.path.normpath(model_dir)) or "model")
     if name == "models" and model_dir == "/mnt/models":
         name = settings.model_name or "model"
     return [ModelSpec(name=name, kind="huggingface", model_dir=model_dir, **common)]
+
+
+def _check_hf_model_dir(model_dir: str) -> None:
+    """A Hugging Face model directory must hold a ``config.json`` (or have exactly one
+    sub-directory that does, as KServe's storage initializer may add one level): an empty or
+    wrong directory is a configuration error before any port opens, not a crash loop."""
+    from steadyserve.runtimes.huggingface.loading import LoadError, find_model_dir
+
+    try:
+        find_model_dir(model_dir)
+    except LoadError as exc:
+        raise ConfigError(f"invalid model directory {model_dir!r}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = build_settings(flags)
         setup_logging(settings)
         specs = model_specs(settings)
+        check_ports(settings)
     except ConfigError as exc:
         sys.stderr.write(f"steadyserve: {exc}\n")
         return EXIT_CONFIG

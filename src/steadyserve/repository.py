@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from steadyserve.engine.client import State
 from steadyserve.engine.ipc import ModelSpec
+from steadyserve.engine.supervisor import LOAD_FAILED
 from steadyserve.errors import InvalidInput, ModelError, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -147,21 +148,25 @@ class ModelRepository:
 
     async def load(self, name: str) -> None:
         """Load ``name`` (from the repository directory, or the spec it was unloaded with) and
-        wait until it is ready. 500 with the reason when it fails to load; 503 when it is still
-        loading after the bounded wait (the load goes on; poll the index)."""
+        wait until it is ready. 500 with the reason when the model's own load fails (it raised:
+        retrying would fail the same way). A worker that dies while loading (killed, OOM) is
+        restarted by its supervisor like any crash, and the load goes on; after
+        ``max_consecutive_crashes`` of those the model is given up: 503 with the reason. 503 too
+        when it is still loading after the bounded wait (the load goes on; poll the index)."""
         if self.registry.has(name):
             engine = self.registry.get(name)
         else:
             engine = await self.registry.load(self._spec(name))
         deadline = time.monotonic() + self.load_wait_s
         while not engine.ready:
-            if engine.info is None and (engine.state == State.FAILED or engine.restarts > 0):
-                reason = engine.last_error or "load failed"
+            reason = engine.last_error or ""
+            if engine.info is None and reason.startswith(LOAD_FAILED):
                 if self.registry.has(name) and self.registry.get(name) is engine:
                     await self.registry.unload(name, 0.0, reason=reason)
                 raise ModelError(f"model {name} failed to load: {reason}")
             if not self.registry.has(name) or self.registry.get(name) is not engine:
-                raise ServiceUnavailable(f"model {name} was unloaded while loading", retry_after=1)
+                why = self.registry.unloaded().get(name, "it was unloaded while loading")
+                raise ServiceUnavailable(f"model {name} did not load: {why}", retry_after=1)
             if time.monotonic() > deadline:
                 raise ServiceUnavailable(
                     f"model {name} is still loading after {self.load_wait_s:.0f}s",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -321,6 +322,32 @@ def _check_paths(settings: Settings) -> None:
         raise ConfigError(
             f"invalid --model_repository={settings.model_repository!r}: not a readable directory"
         )
+
+
+def check_ports(settings: Settings) -> None:
+    """The HTTP (and gRPC) port can be bound: a port in use stops start-up with one line
+    before any model worker is spawned, instead of after the model loaded."""
+    ports = [("--http_port", settings.http_port)]
+    if settings.grpc_enabled:
+        ports.append(("--grpc_port", settings.grpc_port))
+    if settings.grpc_enabled and settings.grpc_port == settings.http_port:
+        raise ConfigError(f"invalid --grpc_port={settings.grpc_port}: the same as --http_port")
+    for flag, port in ports:
+        try:
+            infos = socket.getaddrinfo(settings.host or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        except OSError as exc:
+            raise ConfigError(f"invalid --host={settings.host!r}: {exc}") from None
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise ConfigError(
+                    f"invalid {flag}={port}: cannot listen on {settings.host}:{port} "
+                    f"({exc.strerror or exc})"
+                ) from None
 
 
 def storage_path(uri: str) -> str:

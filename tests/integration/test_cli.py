@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
 from steadyserve.settings import ENV_ONLY, ENV_VARS, Settings
@@ -109,3 +112,23 @@ def test_kserve_flags_with_bad_values_exit_2(args: list[str], needle: str) -> No
     result = run_cli("serve", "--model_class", EXAMPLE, *args)
     assert result.returncode == 2, result.stderr
     assert needle in _one_line(result.stderr)
+
+
+def test_a_model_dir_without_a_model_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("no model here")
+    result = run_cli("serve", "--model_dir", str(tmp_path))
+    assert result.returncode == 2
+    line = _one_line(result.stderr)
+    assert str(tmp_path) in line and "config.json" in line
+
+
+def test_a_port_in_use_exits_2_before_any_worker() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("serve", "--model_class", EXAMPLE, "--host", "127.0.0.1",
+                         "--http_port", str(port))
+    assert result.returncode == 2
+    line = _one_line(result.stderr)
+    assert f"--http_port={port}" in line and "in use" in line

@@ -192,3 +192,38 @@ def test_https_and_cors(tmp_path: Path) -> None:
         # the TLS port does not speak plain HTTP
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{srv.port}/v2/health/ready", timeout=3).raise_for_status()
+
+
+def _predict_encoded(client: httpx.Client, body: bytes, encoding: str) -> httpx.Response:
+    return client.post(PREDICT, content=body, headers={"content-type": "application/json",
+                                                         "content-encoding": encoding})
+
+
+def test_gzip_and_deflate_request_bodies(client: httpx.Client) -> None:
+    """tritonclient's request_compression_algorithm: bodies are decompressed as they stream in."""
+    import gzip
+    import zlib
+
+    body = json.dumps({"instances": [[1, 2]]}).encode()
+    for encoding, packed in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))):
+        r = _predict_encoded(client, packed, encoding)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"predictions": [[2.0, 4.0]]}
+
+
+def test_bad_compressed_bodies_then_good(client: httpx.Client) -> None:
+    import gzip
+
+    bomb = gzip.compress(b'{"instances": [' + b" " * (LIMIT * 50) + b"[1]]}")
+    assert len(bomb) < LIMIT  # small on the wire, far over the limit once expanded
+    cases = [
+        (gzip.compress(b'{"instances": [[1, 2]]}')[:-6], "gzip", 400),  # truncated
+        (b"not gzip at all", "gzip", 400),
+        (bomb, "gzip", 413),
+        (b'{"instances": [[1, 2]]}', "br", 415),
+    ]
+    for body, encoding, expected in cases:
+        r = _predict_encoded(client, body, encoding)
+        assert r.status_code == expected, (encoding, r.text)
+        assert "error" in r.json() and "Traceback" not in r.text
+        assert_good(client)

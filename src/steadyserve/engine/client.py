@@ -45,6 +45,13 @@ from steadyserve.types import (
 
 log = logging.getLogger("steadyserve.engine")
 
+#: a stream with this many token deltas buffered whose reader has taken none for
+#: ``STREAM_STALL_S`` (its client stopped reading: the response is blocked on the socket) is cut:
+#: its sequence is aborted in the worker and an in-band error ends it. A client that does not
+#: read must not make the server buffer an unbounded output; a slow but reading one is never cut.
+MAX_UNREAD_DELTAS = 4096
+STREAM_STALL_S = 1.0
+
 
 @dataclass
 class _Pending:
@@ -53,6 +60,8 @@ class _Pending:
     future: asyncio.Future[Any] | None = None
     queue: asyncio.Queue[TokenDelta | BaseException] | None = None
     started: float = field(default_factory=time.monotonic)
+    #: when the stream's reader last took a delta (generate only)
+    last_read: float = field(default_factory=time.monotonic)
 
 
 class ModelEngine(WorkerSupervisor):
@@ -69,6 +78,9 @@ class ModelEngine(WorkerSupervisor):
         self.restarts = 0
         self.worker_stats: dict[str, int] = {"running": 0, "queued": 0}
         self._pending: dict[int, _Pending] = {}
+        #: generate() streams still open (their response not yet fully read): admission counts
+        #: them until then, even after the worker finished generating
+        self._streams: set[int] = set()
         self._queued_tokens = 0
         #: Result/Failed messages received for predict/infer/embed (the batching hint)
         self._unary_results = 0
@@ -102,6 +114,7 @@ class ModelEngine(WorkerSupervisor):
         return {
             "state": self.state,
             "in_flight": len(self._pending),
+            "streams_open": len(self._streams),
             "queued_tokens": self._queued_tokens,
             "worker_running": self.worker_stats.get("running", 0),
             "worker_queued": self.worker_stats.get("queued", 0),
@@ -133,6 +146,12 @@ class ModelEngine(WorkerSupervisor):
                     continue
                 if delta.finish_reason is not None:
                     self._finish(rid, delta)
+                elif (pending.queue.qsize() >= MAX_UNREAD_DELTAS
+                      and time.monotonic() - pending.last_read > STREAM_STALL_S):
+                    self._abort(rid, "aborted")
+                    pending.queue.put_nowait(InvalidInput(
+                        f"the client did not read its stream ({MAX_UNREAD_DELTAS} events "
+                        "unread); generation was stopped"))
                 else:
                     pending.queue.put_nowait(delta)
         elif isinstance(msg, ipc.Result):
@@ -151,6 +170,7 @@ class ModelEngine(WorkerSupervisor):
             self.info = msg.info
             self.state = State.READY
             self._ever_ready = True
+            self._ready_this_run = True
             self.last_error = None
             self._ready_event.set()
             log.info("model %s is ready (%s)", self.name, ", ".join(msg.info.capabilities))
@@ -220,9 +240,10 @@ class ModelEngine(WorkerSupervisor):
             raise ServiceUnavailable(
                 f"model {self.name} is not ready: {self.state}{detail}", retry_after=1
             )
-        if len(self._pending) >= self.config.max_queue_size:
+        admitted = len(self._pending) + len(self._streams.difference(self._pending))
+        if admitted >= self.config.max_queue_size:
             raise QueueFull(
-                f"model {self.name} has {len(self._pending)} requests in flight "
+                f"model {self.name} has {admitted} requests in flight "
                 f"(max_queue_size={self.config.max_queue_size})",
                 retry_after=1,
             )
@@ -315,7 +336,8 @@ class ModelEngine(WorkerSupervisor):
             ipc.Submit(id=rid, kind="generate", timeout_s=timeout, generate=request), tokens
         )
         queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
-        self._pending[rid] = _Pending(kind="generate", tokens=tokens, queue=queue)
+        entry = self._pending[rid] = _Pending(kind="generate", tokens=tokens, queue=queue)
+        self._streams.add(rid)
         assert self._writer is not None
         self._writer.write(data)
         started = last = time.monotonic()
@@ -327,6 +349,7 @@ class ModelEngine(WorkerSupervisor):
                 try:
                     async with asyncio.timeout(max(remaining, 0)):
                         item = await queue.get()
+                    entry.last_read = time.monotonic()
                 except TimeoutError:
                     self._abort(rid, "expired")
                     raise DeadlineExceeded(
@@ -348,6 +371,7 @@ class ModelEngine(WorkerSupervisor):
                 if item.finish_reason is not None:
                     return
         finally:
+            self._streams.discard(rid)
             if rid in self._pending:
                 self._abort(rid)
 

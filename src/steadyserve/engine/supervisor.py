@@ -2,8 +2,11 @@
 
 :class:`WorkerSupervisor` owns the process lifecycle of one model - spawn the worker with the
 ``Load`` message, read its messages, kill it when it loads too long or goes silent with work
-(hang), and restart it with exponential backoff when it dies. It counts crashes in a row (a
-successful request resets the count) so that liveness can fail on a crash loop. What the
+(hang), and restart it with exponential backoff when it dies. It counts crashes in a row so
+that liveness can fail on a crash loop: worker deaths with no successful load in between. A
+worker that dies after its model was ready (killed, OOM, a poison request) starts a new count at
+1, so no client can fail the pod's liveness by repeating a request that crashes the worker;
+readiness shows each restart. What the
 messages *mean* for requests is the engine client's business (:mod:`steadyserve.engine.client`),
 reached through the ``_dispatch`` / ``_fail_all`` hooks.
 """
@@ -24,6 +27,9 @@ from steadyserve.engine import ipc
 from steadyserve.errors import ServiceUnavailable, SteadyError, WorkerCrashed
 
 log = logging.getLogger("steadyserve.engine")
+
+#: how ``last_error`` starts when the model's own load raised (not a crash of the worker)
+LOAD_FAILED = "load failed"
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,8 @@ class WorkerSupervisor:
         self._busy_rows = 0
         #: whether this engine's model was ever loaded (ready) at all
         self._ever_ready = False
+        #: whether the current worker process reached READY (reset at each spawn)
+        self._ready_this_run = False
         #: set by the registry where a model that never loads should be given up (called once,
         #: with the reason, after ``max_consecutive_crashes`` failed loads in a row) instead of
         #: failing liveness: in a repository, one broken model must not restart the pod.
@@ -119,15 +127,18 @@ class WorkerSupervisor:
         while self._in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self._stopping = True
+        # a worker still busy past the grace period is in model code and would not read the
+        # Shutdown before it finishes: don't wait for it beyond a moment
+        busy = self._in_flight > 0 or self._busy_rows > 0
         self._fail_all(ServiceUnavailable(f"model {self.name} is shutting down", retry_after=1))
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.write(ipc.frame(ipc.Shutdown()))
-                await self._writer.drain()
+                await asyncio.wait_for(self._writer.drain(), timeout=1)
         proc = self._proc
         if proc is not None and proc.returncode is None:
             try:
-                await asyncio.wait_for(proc.wait(), timeout=5)
+                await asyncio.wait_for(proc.wait(), timeout=0.5 if busy else 5)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
@@ -166,6 +177,7 @@ class WorkerSupervisor:
         while not self._stopping:
             self.state = State.STARTING if self.restarts == 0 else State.RESTARTING
             self._served_since_start = 0
+            self._ready_this_run = False
             proc: asyncio.subprocess.Process | None = None
             try:
                 proc, reader = await self._spawn()
@@ -182,7 +194,8 @@ class WorkerSupervisor:
                 log.exception("could not start worker for %s", self.name)
                 outcome = f"spawn failed: {exc}"
             # ---- the worker is gone -------------------------------------------------------
-            was_ready = self.state == State.READY
+            # the read loop may already have moved READY to RESTARTING on EOF
+            was_ready = self._ready_this_run
             self._ready_event.clear()
             if self._reader_task is not None:
                 self._reader_task.cancel()
@@ -192,17 +205,15 @@ class WorkerSupervisor:
             if self._stopping:
                 break
             if self._load_error is not None:
-                outcome = f"load failed: {self._load_error}"
+                outcome = f"{LOAD_FAILED}: {self._load_error}"
                 self._load_error = None
             self.last_error = outcome
             self.state = State.RESTARTING if was_ready else State.FAILED
             self._fail_all(
                 WorkerCrashed(f"model worker for {self.name} {outcome}; restarting", retry_after=1)
             )
-            if self._served_since_start > 0 or was_ready and self.consecutive_crashes == 0:
-                self.consecutive_crashes = 1
-            else:
-                self.consecutive_crashes += 1
+            # in a row = without a successful load in between (see the module docstring)
+            self.consecutive_crashes = 1 if was_ready else self.consecutive_crashes + 1
             self.restarts += 1
             if (
                 self.on_give_up is not None
@@ -225,7 +236,7 @@ class WorkerSupervisor:
             )
             await asyncio.sleep(backoff)
             backoff = min(max(backoff * 2, 0.1), self.config.restart_backoff_max_s)
-            if self._served_since_start > 0:
+            if was_ready:
                 backoff = self.config.restart_backoff_s
         self.state = State.STOPPED
 

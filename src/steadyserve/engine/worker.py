@@ -103,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("STEADYSERVE_WORKER_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s",
     )
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
+    # The server decides when we stop (Shutdown, or SIGKILL past its grace period): a SIGTERM or
+    # SIGINT sent to the whole process group (systemd, `timeout`, tini -g, Ctrl-C) must not kill
+    # the model under requests the server is still draining.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     channel = BlockingChannel(socket.socket(fileno=fd))
     try:

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from steadyserve import __version__
@@ -48,6 +48,9 @@ def error_response(request: Request, exc: BaseException) -> Response:
     """Map any exception to a response. The only place HTTP status codes are chosen."""
     path = request.url.path
     headers: dict[str, str] = {}
+    if isinstance(exc, (ClientDisconnect, ClientDisconnected)):
+        # the client left (mid-upload or before its answer): nobody reads this; logged as 499
+        return Response(status_code=499)
     if isinstance(exc, SteadyError):
         status, message = exc.http_status, exc.message
         err_type, param, code = exc.openai_type, exc.param, exc.code
@@ -123,6 +126,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
     app.add_exception_handler(RequestValidationError, handle)
     app.add_exception_handler(StarletteHTTPException, handle)
     app.add_exception_handler(ClientDisconnected, handle_disconnect)
+    app.add_exception_handler(ClientDisconnect, handle_disconnect)  # left while uploading
     app.add_exception_handler(Exception, handle)
 
     app.include_router(routes_v1.build_router(ctx))

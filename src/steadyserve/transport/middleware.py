@@ -12,6 +12,8 @@ Order, outermost first (:func:`install`):
 3. :class:`~steadyserve.transport.auth.AuthMiddleware` - only when API keys are configured.
 4. :class:`BodyLimitMiddleware` - 413 as soon as ``Content-Length`` is too large, or as soon as
    a chunked body passes the limit while it streams in; nothing is buffered here.
+5. :class:`DecompressMiddleware` - ``Content-Encoding: gzip`` / ``deflate`` request bodies
+   decompressed as they stream in, the decompressed size held to the same limit (413).
 
 The header *bytes* bound lives one level lower, in the HTTP parser (:func:`http_protocol`),
 because by the time ASGI sees headers they are already in memory.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zlib
 from typing import Any
 
 from fastapi import FastAPI
@@ -179,6 +182,78 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send_close_after_413)
 
 
+#: request ``Content-Encoding`` values that are decompressed (tritonclient's
+#: ``request_compression_algorithm``); zlib's 32 + MAX_WBITS reads both gzip and zlib framing
+_DECODERS = {b"gzip": 32 + zlib.MAX_WBITS, b"x-gzip": 32 + zlib.MAX_WBITS,
+             b"deflate": 32 + zlib.MAX_WBITS}
+
+
+class DecompressMiddleware:
+    """Request bodies sent with ``Content-Encoding: gzip`` or ``deflate`` are decompressed as
+    they stream in, and the *decompressed* size is held to ``max_bytes`` (413: a small
+    compressed body cannot expand into gigabytes). A body that is not valid for its encoding
+    is a 400; another encoding (``br``, ``zstd``, a list) is a 415. The route sees the plain
+    body, without ``Content-Encoding`` / ``Content-Length``."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        encoding = None
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-encoding":
+                    encoding = value.strip().lower()
+                    break
+        if encoding in (None, b"", b"identity"):
+            await self.app(scope, receive, send)
+            return
+        wbits = _DECODERS.get(encoding or b"")
+        if wbits is None:
+            shown = bounded((encoding or b"").decode("latin-1"), 50)
+            exc = StarletteHTTPException(
+                415, f"Content-Encoding {shown!r} is not supported (use gzip, deflate or none)")
+            await error_response(Request(scope), exc)(scope, receive, send)
+            return
+        decoder = zlib.decompressobj(wbits)
+        produced = 0
+        limit = self.max_bytes
+
+        def expand(data: bytes) -> bytes:
+            nonlocal produced
+            out = []
+            try:
+                while data:
+                    piece = decoder.decompress(data, limit - produced + 1)
+                    produced += len(piece)
+                    if produced > limit:
+                        raise StarletteHTTPException(
+                            413, f"request body exceeds the limit of {limit} bytes "
+                            "once decompressed")
+                    out.append(piece)
+                    data = decoder.unconsumed_tail
+            except zlib.error as exc:
+                raise StarletteHTTPException(
+                    400, f"request body is not valid {encoding.decode()} data: {exc}"  # type: ignore[union-attr]
+                ) from None
+            return b"".join(out)
+
+        async def decoded_receive() -> Message:
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            body = expand(message.get("body", b""))
+            if not message.get("more_body", False) and not decoder.eof:
+                raise StarletteHTTPException(
+                    400, f"request body is truncated {encoding.decode()} data")  # type: ignore[union-attr]
+            return {**message, "body": body}
+
+        headers = [(k, v) for k, v in scope["headers"]
+                   if k not in (b"content-encoding", b"content-length")]
+        await self.app({**scope, "headers": headers}, decoded_receive, send)
+
+
 def http_protocol(max_header_bytes: int = MAX_HEADER_BYTES) -> Any:
     """The uvicorn ``http`` protocol: httptools with the request line + headers bounded to
     ``max_header_bytes`` (431 and close past it; plain httptools buffers any size), or ``"h11"``
@@ -234,6 +309,7 @@ def install(app: FastAPI, ctx: ServerContext) -> None:
     app.add_api_route("/metrics", scrape, methods=["GET"], include_in_schema=False)
 
     settings = ctx.settings
+    app.add_middleware(DecompressMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     keys = settings.api_keys()
     if keys:

@@ -59,6 +59,11 @@ class EventStreamResponse(Response):
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             async for chunk in self.stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                # Neither a send to a client that has gone (uvicorn drops it) nor a get from a
+                # non-empty queue yields to the loop: without this, a backlog of buffered
+                # events would be written out in one go, starving every other request and the
+                # disconnect listener below.
+                await asyncio.sleep(0)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
         async def listen() -> None:
