@@ -105,6 +105,36 @@ def test_http_errors_then_good(http: Any) -> None:
     assert http_infer(http, True, True).tolist() == (X * 2).tolist()
 
 
+def test_versions_and_class_count(http: Any, grpc_client: Any) -> None:
+    """A model that declares no versions serves "1" and no version, nothing else; Triton's
+    classification extension (``class_count``) is refused, not silently ignored."""
+    assert http.get_model_metadata("scaler")["versions"] == ["1"]
+    assert grpc_client.get_model_metadata("scaler", as_json=True)["versions"] == ["1"]
+    assert http.is_model_ready("scaler", "1") and grpc_client.is_model_ready("scaler", "1")
+    tensor = httpclient.InferInput("x", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X)
+    result = http.infer("scaler", [tensor], model_version="1")
+    assert result.get_response()["model_version"] == "1"
+    with pytest.raises(InferenceServerException) as info:
+        http.infer("scaler", [tensor], model_version="999")
+    assert info.value.status() == "404" and "its versions: 1" in info.value.message()
+    gtensor = grpcclient.InferInput("x", list(X.shape), "FP32")
+    gtensor.set_data_from_numpy(X)
+    with pytest.raises(InferenceServerException) as info:
+        grpc_client.infer("scaler", [gtensor], model_version="999")
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+    outputs = [httpclient.InferRequestedOutput("y", class_count=2)]
+    with pytest.raises(InferenceServerException) as info:
+        http.infer("scaler", [tensor], outputs=outputs)
+    assert info.value.status() == "400" and "classification" in info.value.message()
+    with pytest.raises(InferenceServerException) as info:
+        grpc_client.infer("scaler", [gtensor], outputs=[grpcclient.InferRequestedOutput("y", class_count=2)])
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "classification" in info.value.message()
+    assert grpc_infer(grpc_client).tolist() == (X * 2).tolist()
+    assert http_infer(http, True, True).tolist() == (X * 2).tolist()
+
+
 def test_grpc_health_metadata_infer(grpc_client: Any) -> None:
     assert grpc_client.is_server_live() and grpc_client.is_server_ready()
     assert grpc_client.is_model_ready("scaler")

@@ -78,6 +78,7 @@ def test_health_and_metadata(stub: Any) -> None:
     model = stub.ModelMetadata(pb.ModelMetadataRequest(name="scaler"))
     assert [(t.name, t.datatype, list(t.shape)) for t in model.inputs] == [("x", "FP32", [-1, -1])]
     assert model.outputs[0].name == "y"
+    assert list(model.versions) == ["1"]  # declares none: serves "1" (and no version)
 
 
 def test_infer_typed_and_raw(stub: Any) -> None:
@@ -110,10 +111,26 @@ def _fp16_typed() -> Any:
     return msg
 
 
+def _classification() -> Any:
+    msg = scaler_request(np.ones((1, 2), dtype=np.float32))
+    msg.outputs.add(name="y").parameters["classification"].int64_param = 2
+    return msg
+
+
+def _binary_data_not_bool() -> Any:
+    msg = scaler_request(np.ones((1, 2), dtype=np.float32))
+    msg.outputs.add(name="y").parameters["binary_data"].string_param = "yes"
+    return msg
+
+
 @pytest.mark.parametrize(
     ("build", "code", "needle"),
     [
         (lambda: pb.ModelInferRequest(model_name="nope"), grpc.StatusCode.NOT_FOUND, "nope"),
+        (lambda: scaler_request(np.ones((1, 2), dtype=np.float32), model_version="7"),
+         grpc.StatusCode.NOT_FOUND, "model scaler has no version '7'; its versions: 1"),
+        (_classification, grpc.StatusCode.INVALID_ARGUMENT, "parameter 'classification'"),
+        (_binary_data_not_bool, grpc.StatusCode.INVALID_ARGUMENT, "must be a boolean"),
         (lambda: pb.ModelInferRequest(model_name="scaler"), grpc.StatusCode.INVALID_ARGUMENT, "inputs"),
         (_bad_shape, grpc.StatusCode.INVALID_ARGUMENT, "shape"),
         (_lying_raw, grpc.StatusCode.INVALID_ARGUMENT, "needs 8 bytes"),
@@ -132,6 +149,13 @@ def test_errors_then_good(stub: Any, build: Any, code: grpc.StatusCode, needle: 
 def test_metadata_errors(stub: Any) -> None:
     assert code_of(stub.ModelMetadata, pb.ModelMetadataRequest(name="nope"))[0] == grpc.StatusCode.NOT_FOUND
     assert code_of(stub.ModelReady, pb.ModelReadyRequest(name="nope"))[0] == grpc.StatusCode.NOT_FOUND
+    for call, msg in [
+        (stub.ModelMetadata, pb.ModelMetadataRequest(name="scaler", version="7")),
+        (stub.ModelReady, pb.ModelReadyRequest(name="scaler", version="7")),
+    ]:
+        code, details = code_of(call, msg)
+        assert code == grpc.StatusCode.NOT_FOUND and "its versions: 1" in details
+    assert stub.ModelReady(pb.ModelReadyRequest(name="scaler", version="1")).ready is True
     assert_good(stub)
 
 
@@ -142,6 +166,9 @@ def test_metadata_errors(stub: Any) -> None:
          _bad_shape, 400, grpc.StatusCode.INVALID_ARGUMENT),
         ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["raise"]}]},
          lambda: faulty_request("raise"), 500, grpc.StatusCode.INTERNAL),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 1]}],
+          "outputs": [{"name": "y", "parameters": {"classification": 2}}]},
+         _classification, 400, grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )
 def test_same_error_same_status_on_rest_and_grpc(
@@ -253,6 +280,7 @@ def test_busy_grpc_port_fails_start_up_with_one_line() -> None:
         port = busy.getsockname()[1]
         done = run_cli("serve", "--host", "127.0.0.1", "--http_port", str(free_port()),
                        "--grpc_port", str(port), "--enable_grpc", "--model_class", EXAMPLE)
-    assert done.returncode == 1
-    output = done.stdout + done.stderr
-    assert "could not bind the gRPC port" in output and "Traceback" not in output
+    # checked with the rest of the configuration, before any worker starts: exit 2, one line
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert f"--grpc_port={port}" in done.stderr and "cannot listen" in done.stderr

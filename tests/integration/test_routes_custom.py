@@ -46,6 +46,7 @@ def test_health_and_metadata(client: httpx.Client) -> None:
     for path in ("/v2/models/scaler", "/v2/models/scaler/versions/1"):
         m = client.get(path).json()
         assert m["name"] == "scaler"
+        assert m["versions"] == ["1"]  # declares none: serves "1" (and no version)
         assert m["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, -1]}]
         assert m["outputs"][0]["name"] == "y"
     for path in ("/v2/models/scaler/ready", "/v2/models/scaler/versions/1/ready"):
@@ -71,7 +72,22 @@ def test_predict_and_infer(client: httpx.Client) -> None:
         ("post", "/v1/models/scaler:predict", {"content": b""}, 400, "empty"),
         ("post", "/v1/models/scaler:predict", {"json": {"instances": []}}, 400, "non-empty"),
         ("post", "/v1/models/scaler:predict", {"json": {"wrong": 1}}, 400, "instances"),
-        ("post", "/v1/models/scaler:predict", {"json": {"instances": ["a"]}}, 500, "ValueError"),
+        ("post", "/v1/models/scaler:predict", {"json": {"instances": ["a"]}}, 400, "must be numbers"),
+        ("post", "/v1/models/scaler:predict", {"json": {"instances": [[1, 2], [3]]}}, 400,
+         "instance 1 has shape [1] but instance 0 has [2]"),
+        ("post", "/v1/models/scaler:predict", {"json": {"instances": [["a", "b"]]}}, 400,
+         "input 'x': FP32 elements must be numbers"),
+        ("post", "/v1/models/scaler:predict", {"json": {"inputs": [[[1, 2], [3]]]}}, 400, "ragged"),
+        ("post", "/v2/models/scaler/versions/999/infer", {"json": GOOD_V2}, 404,
+         "model scaler has no version '999'; its versions: 1"),
+        ("get", "/v2/models/scaler/versions/999", {}, 404, "its versions: 1"),
+        ("get", "/v2/models/scaler/versions/999/ready", {}, 404, "its versions: 1"),
+        ("post", "/v2/models/scaler/infer",
+         {"json": {**GOOD_V2, "outputs": [{"name": "y", "parameters": {"classification": 2}}]}},
+         400, "parameter 'classification'"),
+        ("post", "/v2/models/scaler/infer",
+         {"json": {**GOOD_V2, "outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}]}},
+         400, "'binary_data' must be a boolean"),
         ("post", "/v1/models/nope:predict", {"json": {"instances": [1]}}, 404, "nope"),
         ("get", "/v1/models/nope", {}, 404, "nope"),
         ("post", "/v2/models/scaler/infer", {"content": b"[1,"}, 400, "JSON"),
@@ -95,6 +111,15 @@ def test_errors_then_good(
     error = r.json()["error"]
     assert isinstance(error, str) and needle in error
     assert "Traceback" not in r.text
+    assert_good(client)
+
+
+def test_empty_batch_keeps_datatype_and_rank(client: httpx.Client) -> None:
+    empty = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [0, 2], "data": []}]}
+    r = client.post("/v2/models/scaler/infer", json=empty)
+    assert r.status_code == 200, r.text
+    (out,) = r.json()["outputs"]
+    assert (out["datatype"], out["shape"], out["data"]) == ("FP32", [0, 0], [])
     assert_good(client)
 
 

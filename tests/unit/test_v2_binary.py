@@ -180,3 +180,14 @@ def test_per_output_binary_overrides_request_level() -> None:
     assert framed is not None
     header, tail = split_response(framed)
     assert len(tail) == 8 and header["outputs"][1]["data"] == ["cat"]
+
+
+def test_non_utf8_bytes_go_out_exactly_as_binary() -> None:
+    resp = InferResponse(
+        model_name="m", outputs=[tensor_from_numpy("raw", np.array([b"\x00\xff"], dtype=object))]
+    )
+    asked = InferRequest(inputs=[], outputs=[RequestedOutput("raw", {"binary_data": True})])
+    framed = v2_binary.encode_binary_response(asked, resp)
+    assert framed is not None
+    content, length = framed
+    assert content[length:] == b"\x02\0\0\0\x00\xff"

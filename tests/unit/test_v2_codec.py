@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from steadyserve.engine.bridge import infer_to_instances, predictions_to_infer
-from steadyserve.errors import InvalidInput
+from steadyserve.errors import InvalidInput, ModelError, ModelNotFound
 from steadyserve.model import Model
 from steadyserve.protocol import v1, v2
 from steadyserve.types import InferRequest, ModelInfo, TensorSpec, tensor_from_numpy
@@ -132,8 +132,10 @@ def test_infer_bridge_rows_and_back() -> None:
     assert resp.outputs[0].to_numpy().tolist() == [1.0, 5.0, 9.0]
     texts = InferRequest(inputs=[tensor_from_numpy("t", np.array([b"a", b"b"], dtype=object))])
     assert infer_to_instances(texts) == ["a", "b"]
-    out = predictions_to_infer(_M("m"), texts, ["A", "B"])
+    out = predictions_to_infer(Model("m"), texts, ["A", "B"])  # nothing declared: BYTES
     assert out.outputs[0].datatype == "BYTES"
+    with pytest.raises(ModelError, match="'y' is declared FP32"):  # y is declared FP32
+        predictions_to_infer(_M("m"), texts, ["A", "B"])
     two = InferRequest(
         inputs=[
             tensor_from_numpy("a", np.array([1, 2], dtype=np.int32)),
@@ -149,3 +151,46 @@ def test_infer_bridge_rows_and_back() -> None:
     )
     with pytest.raises(InvalidInput, match="first dimension"):
         infer_to_instances(bad)
+
+
+@pytest.mark.parametrize(
+    ("body_extra", "needle"),
+    [
+        ({"outputs": [{"name": "y", "parameters": {"classification": 2}}]},
+         "output 'y': parameter 'classification' .* is not supported"),
+        ({"outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}]},
+         "output 'y': parameter 'binary_data' must be a boolean"),
+        ({"outputs": [{"name": "y", "parameters": {"binary_data": 1}}]}, "must be a boolean"),
+        ({"parameters": {"binary_data_output": "true"}}, "'binary_data_output' must be a boolean"),
+    ],
+)
+def test_output_parameters_are_checked_not_ignored(body_extra: dict[str, Any], needle: str) -> None:
+    with pytest.raises(InvalidInput, match=needle):
+        v2.decode_infer_request({**body(), **body_extra})
+    ok = v2.decode_infer_request(
+        {**body(), "outputs": [{"name": "y", "parameters": {"binary_data": False}}]}
+    )
+    assert ok.outputs is not None and ok.outputs[0].parameters == {"binary_data": False}
+
+
+def test_non_utf8_bytes_never_go_out_altered_as_json() -> None:
+    tensor = tensor_from_numpy("raw", np.array([b"ok", b"\x00\xff"], dtype=object))
+    with pytest.raises(ModelError, match="'raw': BYTES element 1 is not valid UTF-8.*binary_data"):
+        v2.tensor_to_json(tensor)
+    text = tensor_from_numpy("t", np.array(["caf\u00e9".encode()], dtype=object))
+    assert v2.tensor_to_json(text)["data"] == ["caf\u00e9"]
+
+
+def test_versions() -> None:
+    plain = ModelInfo(name="m")
+    assert v2.model_metadata(plain)["versions"] == ["1"]
+    for version in (None, "", "1"):
+        v2.check_version(plain, version)
+    with pytest.raises(ModelNotFound, match="model m has no version '999'; its versions: 1"):
+        v2.check_version(plain, "999")
+    declared = ModelInfo(name="m", versions=["2", "3"])
+    assert v2.model_metadata(declared)["versions"] == ["2", "3"]
+    v2.check_version(declared, "3")
+    with pytest.raises(ModelNotFound, match="its versions: 2, 3"):
+        v2.check_version(declared, "1")
+    v2.check_version(None, "999")  # not loaded yet: unknown, the caller answers 503

@@ -200,3 +200,30 @@ def test_every_error_maps_to_a_grpc_status() -> None:
     assert status_of(ModelNotFound("x"))[0] == grpc.StatusCode.NOT_FOUND
     assert status_of(QueueFull("x"))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert status_of(ValueError("secret detail")) == (grpc.StatusCode.INTERNAL, "internal server error")
+
+
+def test_requested_output_parameters_are_checked() -> None:
+    msg = request_with("FP32", [1], "fp32_contents", [1.0])
+    msg.outputs.add(name="y").parameters["classification"].int64_param = 3  # class_count=3
+    with pytest.raises(InvalidInput, match="output 'y': parameter 'classification'"):
+        v2_grpc.decode_infer_request(msg)
+    msg = request_with("FP32", [1], "fp32_contents", [1.0])
+    msg.outputs.add(name="y").parameters["binary_data"].string_param = "yes"
+    with pytest.raises(InvalidInput, match="'binary_data' must be a boolean"):
+        v2_grpc.decode_infer_request(msg)
+    msg = request_with("FP32", [1], "fp32_contents", [1.0])
+    msg.parameters["binary_data_output"].int64_param = 1
+    with pytest.raises(InvalidInput, match="'binary_data_output' must be a boolean"):
+        v2_grpc.decode_infer_request(msg)
+
+
+def test_model_metadata_default_version() -> None:
+    assert list(v2_grpc.model_metadata(ModelInfo(name="m")).versions) == ["1"]
+
+
+def test_bytes_outputs_keep_their_exact_bytes() -> None:
+    resp = infer_response(("raw", np.array([b"\x00\xff", b"\xff\x00"], dtype=object)))
+    typed = v2_grpc.encode_infer_response(resp, raw=False)
+    assert list(typed.outputs[0].contents.bytes_contents) == [b"\x00\xff", b"\xff\x00"]
+    raw = v2_grpc.encode_infer_response(resp, raw=True)
+    assert raw.raw_output_contents[0] == b"\x02\0\0\0\x00\xff\x02\0\0\0\xff\x00"

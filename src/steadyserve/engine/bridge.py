@@ -2,7 +2,10 @@
 
 A request's input tensors are split into rows along the first axis (one instance per row; a
 single input gives plain values, several give ``{name: value}`` dicts), so V2 requests share
-the dynamic batcher with V1 ones; the per-row predictions are stacked back into output tensors.
+the dynamic batcher with V1 ones; the per-row predictions are stacked back into output tensors
+of the datatypes the model declares (cast, or a 500 :class:`ModelError` naming the output when a
+value does not fit), of their natural datatype when it declares none. BYTES outputs keep their
+exact bytes.
 """
 
 from __future__ import annotations
@@ -11,9 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from steadyserve.errors import InvalidInput
+from steadyserve.errors import InvalidInput, ModelError
 from steadyserve.model import Model
-from steadyserve.types import InferRequest, InferResponse, Tensor, tensor_from_numpy
+from steadyserve.types import (
+    V2_TO_NUMPY,
+    InferRequest,
+    InferResponse,
+    Tensor,
+    TensorSpec,
+    tensor_from_numpy,
+)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -70,41 +80,143 @@ def infer_to_instances(request: InferRequest) -> list[Any]:
     return [{name: col[i] for name, col in columns.items()} for i in range(n)]
 
 
-def _to_array(values: list[Any]) -> np.ndarray[Any, Any]:
-    values = to_jsonable(values)
-    if values and all(isinstance(v, str) for v in values):
-        arr = np.empty(len(values), dtype=object)
-        arr[:] = [v.encode("utf-8") for v in values]
+def _plain(value: Any) -> Any:
+    """Model outputs → lists, numpy arrays/scalars, bytes and plain scalars: like
+    :func:`to_jsonable`, but numpy values keep their dtype and bytes stay bytes (V2 carries
+    both exactly)."""
+    if isinstance(value, (np.ndarray, np.generic, bytes, str)):
+        return value
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # torch.Tensor
+        try:
+            return value.detach().cpu().numpy()
+        except TypeError:  # a dtype numpy lacks (bfloat16)
+            return value.detach().cpu().float().numpy()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _element_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+def _nested_shape(name: str, value: Any, flat: list[bytes]) -> tuple[int, ...]:
+    """Shape of nested lists/arrays of BYTES elements; leaves (as bytes) go to ``flat``."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, list):
+        flat.append(_element_bytes(value))
+        return ()
+    shapes = {_nested_shape(name, item, flat) for item in value}
+    if len(shapes) > 1:
+        raise ModelError(
+            f"output '{name}': the model's predictions are ragged (rows differ in shape)"
+        )
+    return (len(value), *(shapes.pop() if shapes else ()))
+
+
+def _bytes_array(name: str, values: list[Any]) -> np.ndarray[Any, Any]:
+    """An object array of ``bytes``, built element by element (``np.asarray`` would strip
+    trailing NUL bytes); strings are UTF-8 encoded, other values written as text."""
+    flat: list[bytes] = []
+    shape = _nested_shape(name, values, flat)
+    arr = np.empty(len(flat), dtype=object)
+    arr[:] = flat
+    return arr.reshape(shape)
+
+
+def _cast(name: str, arr: np.ndarray[Any, Any], datatype: str) -> np.ndarray[Any, Any]:
+    """``arr`` as the declared ``datatype``; a value that type cannot represent is the model's
+    fault (500 :class:`ModelError` naming the output), never a silent wrap-around or overflow."""
+    target = V2_TO_NUMPY[datatype]
+    if arr.dtype == target:
         return arr
-    arr = np.asarray(values)
-    if arr.dtype.kind in ("U", "S", "O"):
-        obj = np.empty(arr.shape, dtype=object)
-        obj.reshape(-1)[:] = [
-            v if isinstance(v, bytes) else str(v).encode("utf-8") for v in arr.reshape(-1).tolist()
-        ]
-        return obj
-    if arr.dtype == np.float64:
-        arr = arr.astype(np.float32)
-    if arr.dtype == np.int64 and arr.size and np.abs(arr).max() < 2**31:
-        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "biuf":
+        raise ModelError(
+            f"output '{name}' is declared {datatype} but the model returned "
+            f"{'non-numeric' if arr.dtype.kind in 'OSU' else str(arr.dtype)} values"
+        )
+    if target.kind == "b":
+        if arr.dtype.kind != "b" and not np.isin(arr, (0, 1)).all():
+            raise ModelError(f"output '{name}' is declared BOOL but holds values other than 0/1")
+        return arr.astype(target)
+    if target.kind in "iu":
+        if arr.dtype.kind == "f" and not (np.isfinite(arr) & (arr == np.trunc(arr))).all():
+            raise ModelError(f"output '{name}' is declared {datatype} but holds non-integer values")
+        info = np.iinfo(target)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise ModelError(f"output '{name}': a value is out of range for {datatype}")
+        return arr.astype(target)
+    with np.errstate(over="ignore"):  # overflow is detected below, and reported
+        cast = arr.astype(target)
+    if arr.dtype.kind == "f":
+        overflow = np.isfinite(arr) & ~np.isfinite(cast)
+    else:
+        overflow = ~np.isfinite(cast)
+    if overflow.any():
+        raise ModelError(f"output '{name}': a value is out of range for {datatype}")
+    return cast
+
+
+def _empty(spec: TensorSpec | None) -> np.ndarray[Any, Any]:
+    """An output of no rows: the declared datatype, shape ``[0, *declared dims]`` (a variable
+    dimension becomes 0: no row tells its size); ``[0]`` float64 when nothing is declared."""
+    if spec is None:
+        return np.zeros(0, dtype=np.float64)
+    shape = (0, *(max(d, 0) for d in spec.shape[1:]))
+    if spec.datatype == "BYTES":
+        return np.empty(shape, dtype=object)
+    return np.zeros(shape, dtype=V2_TO_NUMPY[spec.datatype])
+
+
+def _to_array(name: str, values: list[Any], spec: TensorSpec | None) -> np.ndarray[Any, Any]:
+    """One output column (a value per row) → an array of the declared datatype when ``spec``
+    is given, else of the values' natural one (float64 stays FP64, Python ints are INT64,
+    text is BYTES)."""
+    if not values:
+        return _empty(spec)
+    if spec is not None and spec.datatype == "BYTES":
+        return _bytes_array(name, values)
+    try:
+        arr = np.asarray(values)
+    except ValueError:
+        raise ModelError(
+            f"output '{name}': the model's predictions are ragged (rows differ in shape)"
+        ) from None
+    if spec is not None:
+        return _cast(name, arr, spec.datatype)
+    if arr.dtype.kind in "OSU":
+        return _bytes_array(name, values)
+    if arr.dtype.kind not in "biuf":
+        raise ModelError(f"output '{name}': the model returned {arr.dtype} values V2 cannot carry")
     return arr
 
 
-def predictions_to_infer(model: Model, request: InferRequest, predictions: list[Any]) -> InferResponse:
-    """Turn per-row predictions back into V2 output tensors."""
-    predictions = to_jsonable(predictions)
-    declared = [o.name for o in model.outputs]
+def _columns(model: Model, predictions: list[Any]) -> dict[str, list[Any]]:
+    """Per-row predictions → ``{output name: values}``: the model's ``v2_columns`` hook, else
+    the keys of dict predictions, else the first declared output (``output-0`` if none)."""
     v2_columns = getattr(model, "v2_columns", None)  # optional hook: rows → {output: column}
     if callable(v2_columns):
-        columns = v2_columns(predictions)
-    elif predictions and all(isinstance(p, dict) for p in predictions):
+        return dict(v2_columns(to_jsonable(predictions)))
+    predictions = _plain(predictions)
+    if predictions and all(isinstance(p, dict) for p in predictions):
         names = list(predictions[0].keys())
-        columns = {n: [p.get(n) for p in predictions] for n in names}
-    else:
-        columns = {(declared[0] if declared else "output-0"): predictions}
+        return {n: [p.get(n) for p in predictions] for n in names}
+    if not predictions and model.outputs:
+        return {o.name: [] for o in model.outputs}
+    return {(model.outputs[0].name if model.outputs else "output-0"): predictions}
+
+
+def predictions_to_infer(model: Model, request: InferRequest, predictions: list[Any]) -> InferResponse:
+    """Turn per-row predictions back into V2 output tensors, of the datatypes the model
+    declares (see :func:`_to_array`)."""
+    columns = _columns(model, predictions)
+    specs = {o.name: o for o in model.outputs}
     wanted = {o.name for o in request.outputs} if request.outputs else None
     outputs = [
-        tensor_from_numpy(name, _to_array(values))
+        tensor_from_numpy(name, _to_array(name, values, specs.get(name)))
         for name, values in columns.items()
         if wanted is None or name in wanted
     ]

@@ -1,9 +1,12 @@
 """Open Inference Protocol V2, JSON form: wire ⇄ neutral types. Pure functions, no I/O.
 
 Tensor checks made here (all → 400 :class:`InvalidInput`): names, datatypes, shape entries,
-``len(data) == prod(shape)``, element types and ranges per datatype, and - when the model
-declares its inputs - unknown, missing or mismatched inputs. The binary tensor extension and gRPC
-reuse :func:`check_against_metadata` and :func:`tensor_from_values`.
+``len(data) == prod(shape)``, element types and ranges per datatype, requested-output parameters
+(``binary_data`` must be a boolean; Triton's ``classification`` extension is refused), and - when
+the model declares its inputs - unknown, missing or mismatched inputs. The binary tensor
+extension and gRPC reuse :func:`check_against_metadata`, :func:`check_output_parameters` and
+:func:`tensor_from_values`; V1 reuses :func:`check_values`. Model versions in paths are checked by
+:func:`check_version` (REST and gRPC alike).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from steadyserve.errors import InvalidInput, UnsupportedEndpoint
+from steadyserve.errors import InvalidInput, ModelError, ModelNotFound, UnsupportedEndpoint
 from steadyserve.types import (
     V2_DATATYPES,
     V2_TO_NUMPY,
@@ -67,6 +70,30 @@ def _check_datatype(name: str, datatype: Any) -> str:
     return str(datatype)
 
 
+def check_values(name: str, datatype: str, flat: list[Any]) -> None:
+    """Flat JSON values must be of ``datatype``'s element type and within its range.
+
+    ``datatype`` is numeric or BOOL (BYTES elements are checked by :func:`tensor_from_values`)."""
+    dtype = V2_TO_NUMPY[datatype]
+    if datatype == "BOOL":
+        if not all(isinstance(v, bool) for v in flat):
+            raise InvalidInput(f"input '{name}': BOOL elements must be true/false")
+    elif dtype.kind in "iu":
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
+            raise InvalidInput(f"input '{name}': {datatype} elements must be integers")
+        info = np.iinfo(dtype)
+        if flat and (min(flat) < info.min or max(flat) > info.max):
+            raise InvalidInput(f"input '{name}': value out of range for {datatype}")
+    else:
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
+            raise InvalidInput(f"input '{name}': {datatype} elements must be numbers")
+    if dtype.kind == "f" and flat:
+        wide = np.asarray(flat, dtype=np.float64)
+        finite = wide[np.isfinite(wide)]
+        if finite.size and np.abs(finite).max() > np.finfo(dtype).max:
+            raise InvalidInput(f"input '{name}': value out of range for {datatype}")
+
+
 def tensor_from_values(
     name: str, datatype: str, shape: list[int], flat: list[Any], parameters: dict[str, Any] | None = None
 ) -> Tensor:
@@ -86,28 +113,44 @@ def tensor_from_values(
             else:
                 raise InvalidInput(f"input '{name}': BYTES elements must be strings")
         return Tensor(name=name, datatype=datatype, shape=shape, data=data, parameters=parameters or {})
+    check_values(name, datatype, flat)
     dtype = V2_TO_NUMPY[datatype]
-    if datatype == "BOOL":
-        if not all(isinstance(v, bool) for v in flat):
-            raise InvalidInput(f"input '{name}': BOOL elements must be true/false")
-    elif dtype.kind in "iu":
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
-            raise InvalidInput(f"input '{name}': {datatype} elements must be integers")
-        info = np.iinfo(dtype)
-        if flat and (min(flat) < info.min or max(flat) > info.max):
-            raise InvalidInput(f"input '{name}': value out of range for {datatype}")
-    else:
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
-            raise InvalidInput(f"input '{name}': {datatype} elements must be numbers")
-    if dtype.kind == "f" and flat:
-        wide = np.asarray(flat, dtype=np.float64)
-        finite = wide[np.isfinite(wide)]
-        if finite.size and np.abs(finite).max() > np.finfo(dtype).max:
-            raise InvalidInput(f"input '{name}': value out of range for {datatype}")
     arr = np.asarray(flat, dtype=dtype) if flat else np.zeros(0, dtype=dtype)
     return Tensor(
         name=name, datatype=datatype, shape=shape, data=arr.tobytes(), parameters=parameters or {}
     )
+
+
+UNSUPPORTED_OUTPUT_PARAMETERS = {
+    "classification": "Triton's classification extension (tritonclient's class_count)",
+}
+"""Requested-output parameters this server does not implement: refused, never ignored."""
+
+
+def check_request_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Request-level ``parameters`` this codec reads: ``binary_data_output`` must be a boolean."""
+    flag = parameters.get("binary_data_output")
+    if flag is not None and not isinstance(flag, bool):
+        raise InvalidInput(
+            f"parameter 'binary_data_output' must be a boolean, got {str(flag)[:40]!r}"
+        )
+    return parameters
+
+
+def check_output_parameters(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """A requested output's ``parameters`` (JSON and gRPC alike): ``binary_data`` must be a
+    boolean, and an extension we do not implement is a 400 rather than silently ignored."""
+    for key, what in UNSUPPORTED_OUTPUT_PARAMETERS.items():
+        if key in parameters:
+            raise InvalidInput(
+                f"output '{name[:100]}': parameter '{key}' ({what}) is not supported"
+            )
+    if "binary_data" in parameters and not isinstance(parameters["binary_data"], bool):
+        raise InvalidInput(
+            f"output '{name[:100]}': parameter 'binary_data' must be a boolean, "
+            f"got {str(parameters['binary_data'])[:40]!r}"
+        )
+    return parameters
 
 
 def decode_infer_request(body: Any, binary_inputs: dict[str, bytes] | None = None) -> InferRequest:
@@ -127,6 +170,7 @@ def decode_infer_request(body: Any, binary_inputs: dict[str, bytes] | None = Non
         parameters = {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be an object")
+    check_request_parameters(parameters)
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
@@ -164,10 +208,12 @@ def decode_infer_request(body: Any, binary_inputs: dict[str, bytes] | None = Non
         for out in outputs:
             if not isinstance(out, dict):
                 raise InvalidInput("each requested output must be an object")
+            oname = _check_name("output", out.get("name"))
             oparams = out.get("parameters") or {}
             if not isinstance(oparams, dict):
-                raise InvalidInput("output 'parameters' must be an object")
-            requested.append(RequestedOutput(name=_check_name("output", out.get("name")), parameters=oparams))
+                raise InvalidInput(f"output '{oname[:100]}': 'parameters' must be an object")
+            check_output_parameters(oname, oparams)
+            requested.append(RequestedOutput(name=oname, parameters=oparams))
     return InferRequest(inputs=tensors, id=request_id, parameters=parameters, outputs=requested)
 
 
@@ -221,10 +267,33 @@ def _shape_matches(declared: list[int], actual: list[int]) -> bool:
     return all(d == -1 or d == a for d, a in zip(declared, actual, strict=True))
 
 
+def _bytes_to_json(tensor: Tensor) -> list[str]:
+    """BYTES elements as JSON strings - exactly, or not at all.
+
+    A JSON string cannot carry arbitrary bytes, and replacing what is not UTF-8 would hand the
+    client different bytes than the model produced. The request is valid and the model's output
+    is too; it is this server that cannot carry that output in the encoding the request chose.
+    So it is a server-side failure (500 :class:`ModelError`, INTERNAL), never a silent change,
+    and its message says how to get the exact bytes: the binary tensor extension or gRPC."""
+    assert isinstance(tensor.data, list)
+    out: list[str] = []
+    for index, element in enumerate(tensor.data):
+        try:
+            out.append(element.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ModelError(
+                f"output '{tensor.name}': BYTES element {index} is not valid UTF-8 and cannot be "
+                "sent as JSON; request this output with parameters.binary_data=true (binary "
+                "tensor extension) or use gRPC to receive the exact bytes"
+            ) from None
+    return out
+
+
 def tensor_to_json(tensor: Tensor) -> dict[str, Any]:
+    """An output tensor as V2 JSON (BYTES elements must be UTF-8, see :func:`_bytes_to_json`)."""
+    data: list[Any]
     if tensor.datatype == "BYTES":
-        assert isinstance(tensor.data, list)
-        data: list[Any] = [b.decode("utf-8", errors="replace") for b in tensor.data]
+        data = _bytes_to_json(tensor)
     else:
         data = tensor.to_numpy().reshape(-1).tolist()
     out: dict[str, Any] = {
@@ -238,10 +307,14 @@ def tensor_to_json(tensor: Tensor) -> dict[str, Any]:
     return out
 
 
-def encode_infer_response(response: InferResponse) -> dict[str, Any]:
+def encode_infer_response(
+    response: InferResponse, outputs: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The V2 JSON response body; ``outputs`` (already encoded, e.g. as binary-extension
+    headers) replaces the JSON encoding of ``response.outputs`` when given."""
     body: dict[str, Any] = {
         "model_name": response.model_name,
-        "outputs": [tensor_to_json(t) for t in response.outputs],
+        "outputs": [tensor_to_json(t) for t in response.outputs] if outputs is None else outputs,
     }
     if response.model_version is not None:
         body["model_version"] = response.model_version
@@ -256,10 +329,33 @@ def _spec_json(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": spec.shape}
 
 
+DEFAULT_VERSION = "1"
+"""The one version a model that declares none serves (and reports in its metadata)."""
+
+
+def served_versions(info: ModelInfo) -> list[str]:
+    """The versions a model serves: those it declares, else just :data:`DEFAULT_VERSION`."""
+    return list(info.versions) or [DEFAULT_VERSION]
+
+
+def check_version(info: ModelInfo | None, version: str | None) -> None:
+    """A version in a path (REST) or ``model_version`` (gRPC) must be one the model serves;
+    ``None`` / ``""`` is "no version". Unknown before the model's first load (``info`` is
+    ``None``): not checked then (the caller answers 503 for a model that is not ready)."""
+    if not version or info is None:
+        return
+    versions = served_versions(info)
+    if version not in versions:
+        raise ModelNotFound(
+            f"model {info.name} has no version '{version[:50]}'; "
+            f"its versions: {', '.join(versions)}"
+        )
+
+
 def model_metadata(info: ModelInfo) -> dict[str, Any]:
     return {
         "name": info.name,
-        "versions": info.versions,
+        "versions": served_versions(info),
         "platform": info.platform,
         "inputs": [_spec_json(s) for s in info.inputs],
         "outputs": [_spec_json(s) for s in info.outputs],

@@ -150,7 +150,6 @@ def encode_binary_response(
     binary = [wants_binary(request, t.name) for t in response.outputs]
     if not any(binary):
         return None
-    body = encode_infer_response(response)
     tails: list[bytes] = []
     outputs: list[dict[str, Any]] = []
     for tensor, as_binary in zip(response.outputs, binary, strict=True):
@@ -167,6 +166,7 @@ def encode_binary_response(
                 "parameters": {**tensor.parameters, "binary_data_size": len(raw)},
             }
         )
-    body["outputs"] = outputs
+    # Binary outputs never pass through JSON: their bytes go out exactly as the model made them.
+    body = encode_infer_response(response, outputs)
     header = json.dumps(body, separators=(",", ":")).encode("utf-8")
     return header + b"".join(tails), len(header)

@@ -3,8 +3,9 @@
 Inputs arrive either as typed ``contents`` (the repeated field that matches the datatype) or as
 ``raw_input_contents`` (one bytes entry per input, in input order; FP16 can only be raw). Every
 check is a 400-class :class:`InvalidInput` (INVALID_ARGUMENT): the same names, datatypes, shapes,
-element counts and ranges as the JSON codec, plus: raw and typed contents never mixed, one raw
-entry per input, typed values only in the field of their datatype.
+element counts and ranges as the JSON codec (and its requested-output parameter checks), plus: raw
+and typed contents never mixed, one raw entry per input, typed values only in the field of their
+datatype.
 
 Responses use ``raw_output_contents`` when the request sent raw inputs (what tritonclient does),
 asked for it (request parameter ``binary_data_output`` / output parameter ``binary_data``), or when
@@ -172,13 +173,10 @@ def decode_infer_request(msg: Any) -> InferRequest:
         for out in msg.outputs:
             if not out.name or len(out.name) > v2.MAX_NAME:
                 raise InvalidInput("every requested output needs a non-empty 'name'")
-            requested.append(
-                RequestedOutput(name=out.name, parameters=params_from_proto(out.parameters))
-            )
-    return InferRequest(
-        inputs=tensors, id=msg.id or None, parameters=params_from_proto(msg.parameters),
-        outputs=requested,
-    )
+            oparams = v2.check_output_parameters(out.name, params_from_proto(out.parameters))
+            requested.append(RequestedOutput(name=out.name, parameters=oparams))
+    parameters = v2.check_request_parameters(params_from_proto(msg.parameters))
+    return InferRequest(inputs=tensors, id=msg.id or None, parameters=parameters, outputs=requested)
 
 
 # ---- responses -----------------------------------------------------------------------------
@@ -228,7 +226,7 @@ def _spec(target: Any, spec: TensorSpec) -> None:
 def model_metadata(info: ModelInfo) -> Any:
     """:class:`ModelInfo` → ``ModelMetadataResponse``."""
     msg = pb.ModelMetadataResponse(
-        name=info.name, versions=list(info.versions), platform=info.platform
+        name=info.name, versions=v2.served_versions(info), platform=info.platform
     )
     for spec in info.inputs:
         _spec(msg.inputs, spec)

@@ -27,7 +27,7 @@ import grpc
 
 from steadyserve import __version__
 from steadyserve.engine.client import ModelEngine
-from steadyserve.errors import ModelNotFound, PayloadTooLarge, SteadyError
+from steadyserve.errors import PayloadTooLarge, SteadyError
 from steadyserve.protocol import v2, v2_grpc
 from steadyserve.protocol.grpc_gen import grpc_predict_v2_pb2 as pb
 from steadyserve.protocol.grpc_gen import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -93,9 +93,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _engine(self, name: str, version: str) -> ModelEngine:
         engine = self.registry.get(name)
-        info = engine.info
-        if version and info is not None and info.versions and version not in info.versions:
-            raise ModelNotFound(f"model {name} has no version '{version[:50]}'")
+        v2.check_version(engine.info, version)  # the same check (and 404) as REST
         return engine
 
     def _check_size(self, message: Any) -> Any:

@@ -56,6 +56,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
                 f"{', '.join(info.capabilities) or 'nothing'}"
             )
         req = v1.decode_predict_request(body)
+        v1.check_against_metadata(req, info)
         result = await cancel_on_disconnect(
             request, engine.predict(req, timeout_s=request_timeout(request))
         )

@@ -10,7 +10,6 @@ from starlette.responses import JSONResponse, Response
 
 from steadyserve import __version__
 from steadyserve.engine.client import ModelEngine
-from steadyserve.errors import ModelNotFound
 from steadyserve.protocol import v2, v2_binary
 from steadyserve.transport.common import (
     DataJSONResponse,
@@ -30,9 +29,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
 
     def engine_for(name: str, version: str | None) -> ModelEngine:
         engine = registry.get(name)
-        info = engine.info
-        if version is not None and info is not None and info.versions and version not in info.versions:
-            raise ModelNotFound(f"model {name} has no version '{version[:50]}'")
+        v2.check_version(engine.info, version)
         return engine
 
     @router.get("/v2")
