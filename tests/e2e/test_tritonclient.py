@@ -260,3 +260,15 @@ def test_rest_binary_errors_then_good(
                       **_binary(8, np.array([1, 2], dtype="<f4").tobytes()))
     assert good.status_code == 200 and good.json()["outputs"][0]["data"] == [2.0, 4.0]
     assert http_infer(http, True, True).tolist() == (X * 2).tolist()
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_http_compressed_requests_and_responses(http: Any, algorithm: str) -> None:
+    """tritonclient's request_compression_algorithm (Content-Encoding) and
+    response_compression_algorithm, with binary and JSON tensors."""
+    for binary in (True, False):
+        tensor = httpclient.InferInput("x", list(X.shape), "FP32")
+        tensor.set_data_from_numpy(X, binary_data=binary)
+        result = http.infer("scaler", [tensor], request_compression_algorithm=algorithm,
+                            response_compression_algorithm=algorithm)
+        np.testing.assert_allclose(result.as_numpy("y"), X * 2)
