@@ -210,3 +210,125 @@ def test_embeddings(client: httpx.Client) -> None:
     assert r.status_code == 200 and isinstance(r.json()["data"][0]["embedding"], str)
     assert client.post("/v1/embeddings", json={"model": "t5", "input": "x"}).status_code == 400
     assert complete(client, "bert").status_code == 400  # an embedding model does not complete
+
+
+def test_oversized_prompts_are_refused_before_tokenizing(server: ServerProcess,
+                                                         client: httpx.Client) -> None:
+    """A 20 MB prompt used to cost ~39 s of tokenizer CPU before its 400; concurrent 2 MB ones
+    starved every other request. Now a character pre-check refuses them in milliseconds."""
+    huge = "word " * 4_000_000  # 20 MB
+    cases = [
+        ("/openai/v1/completions", {"model": "gpt2", "prompt": huge, "max_tokens": 1}, "prompt"),
+        ("/openai/v1/completions", {"model": "t5", "prompt": ["hi", huge]}, "prompt"),
+        ("/openai/v1/chat/completions",
+         {"model": "llama", "messages": [{"role": "user", "content": huge}]}, "messages"),
+        ("/v1/embeddings", {"model": "bert", "input": ["hi", huge]}, "input"),
+    ]
+    for path, body, param in cases:
+        start = time.perf_counter()
+        r = client.post(path, json=body)
+        elapsed = time.perf_counter() - start
+        assert r.status_code == 400, r.text[:300]
+        err = r.json()["error"]
+        assert err["param"] == param, err
+        assert " characters, more than" in err["message"] and "256 tokens" in err["message"], err
+        assert elapsed < 3.0, (path, elapsed)  # JSON of 20 MB included; tokenizing took ~39 s
+        assert complete(client, "gpt2").status_code == 200
+
+    def big(i: int) -> int:
+        with server.client(timeout=60) as c:
+            return complete(c, "gpt2", prompt="word " * 400_000).status_code  # 2 MB
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(big, i) for i in range(8)]
+        start = time.perf_counter()
+        assert complete(client, "gpt2", max_tokens=1).status_code == 200
+        assert time.perf_counter() - start < 5.0
+        assert [f.result() for f in futures] == [400] * 8
+
+
+def test_chat_top_logprobs_keeps_every_alternative_with_real_bytes(client: httpx.Client) -> None:
+    """Alternatives were keyed by decoded text: the byte tokens that all decode to U+FFFD
+    collapsed into one, and bytes were those of U+FFFD."""
+    r = chat(client, "llama", logprobs=True, top_logprobs=20, max_tokens=6, seed=1)
+    assert r.status_code == 200, r.text
+    content = r.json()["choices"][0]["logprobs"]["content"]
+    assert len(content) == 6
+    for entry in content:
+        tops = entry["top_logprobs"]
+        assert len(tops) == 20
+        lps = [t["logprob"] for t in tops]
+        assert lps == sorted(lps, reverse=True)
+        for t in tops:
+            assert all(0 <= b < 256 for b in t["bytes"])
+            if t["token"] == "\ufffd":  # a lone byte of a character, not U+FFFD's UTF-8
+                assert len(t["bytes"]) == 1 and t["bytes"][0] >= 0x80
+    # completions' legacy top_logprobs (a dict) still has the requested size where texts differ
+    r = complete(client, "gpt2", logprobs=5, max_tokens=3, ignore_eos=True)
+    assert all(1 <= len(top) <= 5 for top in r.json()["choices"][0]["logprobs"]["top_logprobs"])
+    assert chat(client, "llama").status_code == 200
+
+
+def test_streamed_text_offsets_match_non_streaming(client: httpx.Client) -> None:
+    fields = {"max_tokens": 6, "temperature": 0.0, "ignore_eos": True, "logprobs": 1}
+    full = complete(client, "gpt2", **fields)
+    assert full.status_code == 200, full.text
+    offsets = full.json()["choices"][0]["logprobs"]["text_offset"]
+    r = complete(client, "gpt2", stream=True, **fields)
+    assert r.status_code == 200
+    streamed = [o for e in sse_events(r)[:-1] if e["choices"][0]["logprobs"]
+                for o in e["choices"][0]["logprobs"]["text_offset"]]
+    assert streamed == offsets and len(set(offsets)) == len(offsets)  # not [0] every time
+
+
+def test_min_tokens_raises_the_default_max_tokens(client: httpx.Client) -> None:
+    r = client.post("/openai/v1/completions",
+                    json={"model": "gpt2", "prompt": "Hello", "min_tokens": 40})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 40  # was the default 16
+    r = client.post("/openai/v1/completions",
+                    json={"model": "gpt2", "prompt": "Hello", "min_tokens": 300})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "min_tokens"
+    assert "256" in r.json()["error"]["message"]
+    assert complete(client, "gpt2").status_code == 200
+
+
+def test_max_completion_tokens_is_named_as_sent(client: httpx.Client) -> None:
+    r = chat(client, "llama", max_tokens=None, max_completion_tokens=1_000_000)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == "max_completion_tokens" and "max_completion_tokens" in err["message"]
+    assert chat(client, "llama", max_completion_tokens=2).status_code == 200
+
+
+@pytest.mark.parametrize("fields", [
+    {"functions": [{"name": "f", "parameters": {}}]},
+    {"function_call": "auto"},
+    {"audio": {"voice": "alloy", "format": "wav"}},
+    {"modalities": ["text", "audio"]},
+    {"prediction": {"type": "content", "content": "x"}},
+])
+def test_unsupported_chat_fields_are_refused(client: httpx.Client, fields: dict[str, Any]) -> None:
+    r = chat(client, "llama", **fields)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == next(iter(fields))
+    assert chat(client, "llama").status_code == 200
+
+
+def test_encoder_decoder_prompt_and_output_have_separate_limits(client: httpx.Client,
+                                                                models: dict[str, str]) -> None:
+    """T5: the encoder reads up to max_model_len (256) tokens and the decoder writes up to 256;
+    a 200-token prompt with max_tokens 100 was refused as 300 > 256."""
+    words = " ".join(["house", "wonderful", "the", "is"] * 60)
+    ids = tokenizer(models["t5"])(words)["input_ids"][:200]
+    r = complete(client, "t5", prompt=ids, max_tokens=100, min_tokens=100, ignore_eos=True)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"] == {"prompt_tokens": 200, "completion_tokens": 100,
+                                 "total_tokens": 300}
+    r = complete(client, "t5", prompt=ids, max_tokens=257)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+    r = complete(client, "t5", prompt=(ids * 2)[:257], max_tokens=1)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    assert complete(client, "t5", prompt=(ids * 2)[:256], max_tokens=256,
+                    ignore_eos=True, min_tokens=256).status_code == 200
+    assert complete(client).status_code == 200

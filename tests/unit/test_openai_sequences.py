@@ -46,13 +46,14 @@ class FakeEngine:
 
 def job(engine: FakeEngine, *, prompts: int = 1, n: int = 1, max_tokens: int = 5,
         stops: list[str] | None = None, seed: int | None = None, chat: bool = False,
-        stream: bool = False) -> ro._Job:
+        stream: bool = False, logprobs: int | None = None,
+        echo: list[str] | None = None) -> ro._Job:
     base = SamplingParams(seed=seed)
     seqs = ro._sequences([f"p{i}" for i in range(prompts)], [3] * prompts, base,
                          [max_tokens] * prompts, n, context=False)
     return ro._Job(chat=chat, model="fake", engine=engine, tokenizer=None,  # type: ignore[arg-type]
                    seqs=seqs, stops=stops or [], stream=stream, include_usage=True,
-                   logprobs=None, echo=None, timeout_s=None, n=n)
+                   logprobs=logprobs, echo=echo, timeout_s=None, n=n)
 
 
 def test_usage_counts_each_prompt_once_and_every_generated_token() -> None:
@@ -129,3 +130,24 @@ def test_seq_spec_carries_token_prompts() -> None:
     assert seqs == [SeqSpec(index=0, request=seqs[0].request, prompt_tokens=2,
                             context_ids=[1, 2])]
     assert seqs[0].request.prompt_token_ids == [1, 2] and seqs[0].request.params.max_tokens == 4
+
+
+def test_streamed_text_offsets_run_on_like_the_non_streaming_ones() -> None:
+    """Each chunk's text_offset continues from the previous chunk of its choice (it was [0] in
+    every chunk); an echoed prompt shifts both paths alike."""
+    step = len("token_id:0")  # no tokenizer: each token's text is token_id:<id>
+    for echo in (None, ["p0", "p1"]):
+        shift = 2 if echo else 0
+        full = asyncio.run(ro._collect(job(FakeEngine(), prompts=2, n=2, max_tokens=4,
+                                           logprobs=0, echo=echo)))
+        for choice in full["choices"]:
+            assert choice["logprobs"]["text_offset"] == [shift + i * step for i in range(4)]
+        chunks = asyncio.run(_sse(job(FakeEngine(), prompts=2, n=2, max_tokens=4, logprobs=0,
+                                      echo=echo, stream=True)))
+        streamed: dict[int, list[int]] = {}
+        for c in chunks:
+            if isinstance(c, dict) and c["choices"] and c["choices"][0]["logprobs"]:
+                choice = c["choices"][0]
+                streamed.setdefault(choice["index"], []).extend(
+                    choice["logprobs"]["text_offset"])
+        assert streamed == {c["index"]: c["logprobs"]["text_offset"] for c in full["choices"]}

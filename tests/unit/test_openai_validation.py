@@ -12,6 +12,7 @@ import pytest
 from steadyserve.errors import InvalidInput, SteadyError, UnsupportedEndpoint
 from steadyserve.protocol import openai as oa
 from steadyserve.protocol import openai_response as resp
+from steadyserve.protocol import openai_template as ot
 from steadyserve.protocol.openai_schema import (
     ChatRequest,
     CompletionRequest,
@@ -81,6 +82,12 @@ BAD_COMPLETIONS = [
     ({"logit_bias": {"-1": 1}}, "logit_bias"),
     ({"logit_bias": {"abc": 1}}, "logit_bias"),
     ({"logit_bias": {"5": 101}}, "logit_bias"),
+    # only plain decimal ids: int() would read "5_0" as 50 and " 5 " as 5
+    ({"logit_bias": {"5_0": 1}}, "logit_bias"),
+    ({"logit_bias": {" 5 ": 1}}, "logit_bias"),
+    ({"logit_bias": {"+5": 1}}, "logit_bias"),
+    ({"logit_bias": {"٥": 1}}, "logit_bias"),  # a non-ASCII digit
+    ({"logit_bias": {"1" * 5000: 1}}, "logit_bias"),
     ({"temperature": 2.5}, "temperature"),
     ({"temperature": -0.1}, "temperature"),
     ({"top_p": 0}, "top_p"),
@@ -154,6 +161,27 @@ BAD_CHATS = [
     ({"chat_template": "{{ messages }}"}, "chat_template"),
     ({"chat_template_kwargs": {"x": 1}}, "chat_template_kwargs"),
     ({"temperature": 3}, "temperature"),
+    # accepted and ignored before: refused by name
+    ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
+    ({"function_call": "auto"}, "function_call"),
+    ({"function_call": {"name": "f"}}, "function_call"),
+    ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+    ({"modalities": ["text", "audio"]}, "modalities"),
+    ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
+    ({"messages": [{"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": None,
+                    "tool_calls": [{"id": "1", "type": "function",
+                                    "function": {"name": "f", "arguments": "{}"}}]},
+                   {"role": "tool", "content": "x", "tool_call_id": "1"}]},
+     "messages[1].tool_calls"),
+    ({"messages": [{"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}}]},
+     "messages[0].function_call"),
+    # a user, system or developer message needs content
+    ({"messages": [{"role": "user"}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+    ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": []}]},
+     "messages[1].content"),
+    ({"messages": [{"role": "developer", "content": None}]}, "messages[0].content"),
 ]
 
 
@@ -161,6 +189,15 @@ BAD_CHATS = [
 def test_bad_chat_is_400_naming_the_param(fields: dict[str, Any], param: str) -> None:
     expect(400, param, chat, **fields)
     assert chat().messages == [{"role": "user", "content": "hi"}]
+
+
+def test_accepted_chat_extras_and_empty_assistant_content() -> None:
+    plan = chat(function_call="none", functions=[], modalities=["text"], tool_calls=None,
+                messages=[{"role": "user", "content": "hi"},
+                          {"role": "assistant", "content": None},
+                          {"role": "assistant", "content": [], "tool_calls": []},
+                          {"role": "user", "content": ""}])
+    assert [m["content"] for m in plan.messages] == ["hi", "", "", ""]
 
 
 def test_chat_content_parts_are_joined_and_template_allowed_when_enabled() -> None:
@@ -204,6 +241,60 @@ def test_token_limits_name_both_counts() -> None:
     expect(400, "prompt", oa.check_token_ids, [1, 100], 100, "prompt")
 
 
+def test_max_completion_tokens_is_named_as_sent() -> None:
+    body = parse(ChatRequest, {**GOOD_CHAT, "max_completion_tokens": 1_000_000})
+    plan = oa.plan_chat(body, CHAT, False)
+    err = expect(400, "max_completion_tokens", plan.budget, 10, CHAT, default=None)
+    assert "max_completion_tokens (1000000)" in err.message and "max_tokens " not in err.message
+    err = expect(400, "min_tokens", chat, min_tokens=5, max_completion_tokens=4)
+    assert "max_completion_tokens" in err.message
+    plan = chat(max_tokens=1_000_000)
+    expect(400, "max_tokens", plan.budget, 10, CHAT, default=None)
+    assert chat(max_completion_tokens=5).budget(10, CHAT, default=None) == 5
+
+
+def test_min_tokens_raises_the_default_budget() -> None:
+    plan = completion(max_tokens=None, min_tokens=40)
+    assert plan.budget(5, GEN, default=16) == 40  # not the default 16
+    assert plan.budget(24, GEN, default=16) == 40  # exactly the 40 left
+    err = expect(400, "min_tokens", plan.budget, 30, GEN, default=16)  # 34 left < 40
+    assert "min_tokens (40)" in err.message and "64" in err.message
+    assert completion(max_tokens=None).budget(5, GEN, default=16) == 16
+    assert chat(min_tokens=40).budget(5, CHAT, default=None) == 59  # chat: all the room
+    expect(400, "min_tokens", chat(min_tokens=60).budget, 5, CHAT, default=None)
+    t5_plan = oa.plan_completion(parse(CompletionRequest, {**GOOD_COMPLETION, "model": "t5",
+                                                           "max_tokens": None,
+                                                           "min_tokens": 500}), T5)
+    assert t5_plan.budget(400, T5, default=16) == 500  # T5: the decoder's own limit, 512
+    big = oa.plan_completion(parse(CompletionRequest, {**GOOD_COMPLETION, "model": "t5",
+                                                       "max_tokens": None,
+                                                       "min_tokens": 600}), T5)
+    expect(400, "min_tokens", big.budget, 5, T5, default=16)
+
+
+def test_encoder_decoder_limits_prompt_and_output_separately() -> None:
+    # T5: the encoder reads the prompt, the decoder writes max_tokens; each has the full limit
+    assert oa.resolve_max_tokens(200, 400, T5, default=16) == 200
+    assert oa.resolve_max_tokens(512, 512, T5, default=16) == 512
+    assert oa.resolve_max_tokens(None, 500, T5, default=16) == 16
+    err = expect(400, "max_tokens", oa.resolve_max_tokens, 513, 10, T5, default=16)
+    assert "513" in err.message and "512" in err.message
+    expect(400, "prompt", oa.resolve_max_tokens, 10, 513, T5, default=16)
+    # decoder-only models still share one context
+    expect(400, "max_tokens", oa.resolve_max_tokens, 40, 30, GEN, default=16)
+
+
+def test_prompt_character_precheck() -> None:
+    # GEN: 64 tokens of at most 5 characters each hold at most 320 characters
+    oa.check_prompt_chars("x" * 320, GEN, 5, param="prompt")
+    err = expect(400, "prompt", lambda: oa.check_prompt_chars("x" * 321, GEN, 5, param="prompt"))
+    assert "321 characters" in err.message and "64 tokens" in err.message
+    err = expect(400, "input", lambda: oa.check_prompt_chars("x" * 321, GEN, 5, param="input",
+                                                             what="input[0]"))
+    assert err.message.startswith("input[0] has 321 characters")
+    oa.check_prompt_chars("x" * 10**6, EMB, 5, param="input")  # no known limit: no pre-check
+
+
 def test_embedding_inputs() -> None:
     def inputs(value: Any) -> Any:
         return oa.embedding_inputs(parse(EmbeddingRequest, {"model": "emb", "input": value}).input,
@@ -233,19 +324,19 @@ def test_embedding_response_float_and_base64() -> None:
 def test_sandboxed_template_renders_and_is_bounded() -> None:
     variables = {"messages": [{"role": "user", "content": "hi"}], "add_generation_prompt": True}
     tpl = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
-    assert oa.render_template_sandboxed(tpl, variables) == "<user>hi"
+    assert ot.render_template_sandboxed(tpl, variables) == "<user>hi"
     # the sandbox refuses unsafe attribute access
-    expect(400, "chat_template", oa.render_template_sandboxed,
+    expect(400, "chat_template", ot.render_template_sandboxed,
            "{{ messages.__class__.__mro__ }}", variables)
-    expect(400, "chat_template", oa.render_template_sandboxed, "{% for %}", variables)
+    expect(400, "chat_template", ot.render_template_sandboxed, "{% for %}", variables)
     # a template that loops forever (without output) is stopped by the time limit
     spin = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
-    err = expect(400, "chat_template", oa.render_template_sandboxed, spin, variables,
+    err = expect(400, "chat_template", ot.render_template_sandboxed, spin, variables,
                  time_limit_s=0.3)
     assert "within" in err.message
     # and one that writes too much by the output bound
     big = "{% for i in range(100000) %}xxxxxxxxxx{% endfor %}"
-    expect(400, "chat_template", oa.render_template_sandboxed, big, variables, max_chars=1000)
+    expect(400, "chat_template", ot.render_template_sandboxed, big, variables, max_chars=1000)
 
 
 def test_usage_and_response_shapes() -> None:

@@ -9,8 +9,7 @@ anything reaches the engine - and build OpenAI-shaped responses and stream chunk
 from __future__ import annotations
 
 import math
-import sys
-import time
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,8 @@ MAX_LOGPROBS = 20
 MAX_EMBED_INPUTS = 2048
 MAX_SEED = 2**63 - 1
 DEFAULT_COMPLETION_TOKENS = 16
+#: a ``logit_bias`` key: a decimal token id, nothing else (no ``_``, spaces or ``+``)
+_TOKEN_ID_KEY = re.compile(r"-?[0-9]+")
 
 _ENDPOINTS = {
     Capability.GENERATE: "completions",
@@ -129,12 +130,7 @@ def sampling_params(
         )
     bias: dict[int, float] = {}
     for key, value in (req.logit_bias or {}).items():
-        try:
-            token = int(key)
-        except ValueError:
-            raise InvalidInput(
-                f"logit_bias key '{key[:50]}' is not a token id", param="logit_bias"
-            ) from None
+        token = _token_id_key(key)
         check_token_ids([token], info.vocab_size, "logit_bias")
         if not (math.isfinite(value) and -100 <= value <= 100):
             raise InvalidInput("logit_bias values must be in [-100, 100]", param="logit_bias")
@@ -155,6 +151,17 @@ def sampling_params(
         presence_penalty=float(req.presence_penalty or 0.0),
         frequency_penalty=float(req.frequency_penalty or 0.0),
     )
+
+
+def _token_id_key(key: str) -> int:
+    """A ``logit_bias`` key as a token id: only ``-?[0-9]+`` (``int()`` would also take
+    ``"5_0"`` or ``" 5 "``)."""
+    try:
+        if _TOKEN_ID_KEY.fullmatch(key) is not None:
+            return int(key)
+    except ValueError:  # more digits than int() converts
+        pass
+    raise InvalidInput(f"logit_bias key '{key[:50]}' is not a token id", param="logit_bias")
 
 
 def completion_logprobs(req: CompletionRequest) -> int | None:
@@ -178,38 +185,90 @@ def chat_logprobs(req: ChatRequest) -> int | None:
     return (req.top_logprobs or 0) if req.logprobs else None
 
 
+def max_tokens_field(req: CompletionRequest | ChatRequest) -> str:
+    """The name of the field the client set the budget with (chat's ``max_completion_tokens``
+    wins over ``max_tokens``), for error messages and ``param``."""
+    if isinstance(req, ChatRequest) and req.max_completion_tokens is not None:
+        return "max_completion_tokens"
+    return "max_tokens"
+
+
 def requested_max_tokens(req: CompletionRequest | ChatRequest) -> int | None:
     """``max_tokens`` (or chat's ``max_completion_tokens``), validated >= 1; None if unset."""
-    value, name = req.max_tokens, "max_tokens"
-    if isinstance(req, ChatRequest) and req.max_completion_tokens is not None:
-        value, name = req.max_completion_tokens, "max_completion_tokens"
+    name = max_tokens_field(req)
+    value = req.max_tokens
+    if isinstance(req, ChatRequest) and name == "max_completion_tokens":
+        value = req.max_completion_tokens
     if value is not None and value < 1:
         raise InvalidInput(f"'{name}' must be >= 1, got {value}", param=name)
     return value
 
 
 def resolve_max_tokens(
-    requested: int | None, prompt_tokens: int, info: ModelInfo, *, default: int | None
+    requested: int | None,
+    prompt_tokens: int,
+    info: ModelInfo,
+    *,
+    default: int | None,
+    min_tokens: int = 0,
+    param: str = "max_tokens",
 ) -> int:
-    """The completion budget: prompt + max_tokens must fit ``max_model_len`` (400 naming both)."""
+    """The completion budget (400 naming the counts when it cannot fit).
+
+    Decoder-only models: prompt + max_tokens must fit ``max_model_len``. Encoder-decoder models:
+    the prompt (encoder input) and max_tokens (decoder output) are each bounded by it. Without
+    ``max_tokens`` the budget is ``default`` (None: all the room left), raised to ``min_tokens``
+    and clipped to the room; ``param`` names the field the client used."""
     limit = info.max_model_len
-    if limit is not None and prompt_tokens >= limit:
+    enc_dec = info.is_encoder_decoder
+    if limit is not None and (prompt_tokens > limit if enc_dec else prompt_tokens >= limit):
         raise InvalidInput(
             f"the prompt has {prompt_tokens} tokens; this model's context is {limit} tokens",
             param="prompt",
         )
+    room = None if limit is None else (limit if enc_dec else limit - prompt_tokens)
     if requested is None:
-        requested = default if default is not None else (limit - prompt_tokens if limit else 16)
-        if limit is not None:
-            requested = min(requested, limit - prompt_tokens)
-        return requested
-    if limit is not None and prompt_tokens + requested > limit:
+        budget = default if default is not None else (room if room is not None else 16)
+        budget = max(budget, min_tokens)
+        if room is not None and min_tokens > room:
+            raise InvalidInput(_min_tokens_refusal(min_tokens, prompt_tokens, limit, enc_dec),
+                               param="min_tokens")
+        return budget if room is None else min(budget, room)
+    if room is not None and requested > room:
+        if enc_dec:
+            raise InvalidInput(
+                f"{param} ({requested}) exceeds this model's limit of {limit} output tokens",
+                param=param,
+            )
         raise InvalidInput(
-            f"prompt_tokens ({prompt_tokens}) + max_tokens ({requested}) = "
+            f"prompt_tokens ({prompt_tokens}) + {param} ({requested}) = "
             f"{prompt_tokens + requested} exceeds this model's context of {limit} tokens",
-            param="max_tokens",
+            param=param,
         )
     return requested
+
+
+def _min_tokens_refusal(min_tokens: int, prompt_tokens: int, limit: int | None,
+                        enc_dec: bool) -> str:
+    if enc_dec:
+        return f"min_tokens ({min_tokens}) exceeds this model's limit of {limit} output tokens"
+    return (f"prompt_tokens ({prompt_tokens}) + min_tokens ({min_tokens}) = "
+            f"{prompt_tokens + min_tokens} exceeds this model's context of {limit} tokens")
+
+
+def check_prompt_chars(text: str, info: ModelInfo, max_token_chars: int, *, param: str,
+                       what: str = "the prompt") -> None:
+    """Refuse a text too long for the context before tokenizing it (which costs seconds of CPU
+    for megabytes): no token is longer than ``max_token_chars`` characters, so a text longer than
+    ``max_model_len * max_token_chars`` cannot fit."""
+    limit = info.max_model_len
+    if limit is None or len(text) <= limit * max(1, max_token_chars):
+        return
+    raise InvalidInput(
+        f"{what} has {len(text)} characters, more than this model's context of {limit} tokens "
+        f"can hold (at most {limit * max_token_chars} characters)",
+        param=param,
+    )
 
 
 # ---- prompts -----------------------------------------------------------------------------------
@@ -245,12 +304,7 @@ def chat_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
         raise InvalidInput("'messages' has too many entries (max 4096)", param="messages")
     out: list[dict[str, Any]] = []
     for i, msg in enumerate(messages):
-        if msg.role not in ("system", "developer", "user", "assistant", "tool"):
-            raise InvalidInput(
-                f"messages[{i}].role '{msg.role[:50]}' is not one of system, developer, user, "
-                "assistant, tool",
-                param=f"messages[{i}].role",
-            )
+        _check_message(i, msg)
         content = msg.content
         if isinstance(content, list):
             texts = []
@@ -269,13 +323,49 @@ def chat_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
+#: roles whose message must carry content (an assistant turn may be empty)
+_CONTENT_ROLES = ("system", "developer", "user")
+
+
+def _check_message(i: int, msg: ChatMessage) -> None:
+    """A known role; content where the role needs it; no tool or function calls."""
+    if msg.role not in ("system", "developer", "user", "assistant", "tool"):
+        raise InvalidInput(
+            f"messages[{i}].role '{msg.role[:50]}' is not one of system, developer, user, "
+            "assistant, tool",
+            param=f"messages[{i}].role",
+        )
+    if msg.role in _CONTENT_ROLES and (msg.content is None or msg.content == []):
+        raise InvalidInput(f"messages[{i}].content is required for a {msg.role} message",
+                           param=f"messages[{i}].content")
+    for name in ("tool_calls", "function_call"):
+        if getattr(msg, name) is not None and getattr(msg, name) != []:
+            raise InvalidInput(
+                f"messages[{i}].{name} is not supported (this server has no tool support)",
+                param=f"messages[{i}].{name}",
+            )
+
+
 def check_chat_extras(req: ChatRequest, allow_request_template: bool) -> None:
-    """Refuse what chat cannot honour: tools, and per-request templates unless allowed."""
+    """Refuse what chat cannot honour - tools and legacy functions, audio and non-text
+    modalities, predicted outputs - and per-request templates unless allowed."""
     if req.tools:
         raise InvalidInput("'tools' are not supported", param="tools")
     if req.tool_choice is not None and req.tool_choice != "none":
         raise InvalidInput("'tool_choice' needs 'tools', which are not supported",
                            param="tool_choice")
+    if req.functions:
+        raise InvalidInput("'functions' are not supported", param="functions")
+    if req.function_call is not None and req.function_call != "none":
+        raise InvalidInput("'function_call' needs 'functions', which are not supported",
+                           param="function_call")
+    if req.audio is not None:
+        raise InvalidInput("'audio' output is not supported", param="audio")
+    if req.modalities is not None and any(m != "text" for m in req.modalities):
+        raise InvalidInput("'modalities' other than 'text' are not supported", param="modalities")
+    if req.prediction is not None:
+        raise InvalidInput("'prediction' (predicted outputs) is not supported",
+                           param="prediction")
     if (req.chat_template is not None or req.chat_template_kwargs) and not allow_request_template:
         param = "chat_template" if req.chat_template is not None else "chat_template_kwargs"
         raise InvalidInput(
@@ -305,58 +395,6 @@ def template_kwargs(req: ChatRequest) -> dict[str, Any]:
     return kwargs
 
 
-class TemplateError(InvalidInput):
-    """A request chat template failed, ran too long, or rendered too much."""
-
-
-def render_template_sandboxed(
-    template: str,
-    variables: dict[str, Any],
-    *,
-    time_limit_s: float = 2.0,
-    max_chars: int = 1_000_000,
-) -> str:
-    """Render a client-supplied Jinja template in an immutable sandbox, bounded in time (a
-    tracer stops it between lines) and in output size. Blocking: call it off the event loop."""
-    from jinja2 import TemplateError as JinjaError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    try:
-        compiled = env.from_string(template)
-    except JinjaError as exc:
-        raise TemplateError(f"chat_template is invalid: {exc}", param="chat_template") from None
-    deadline = time.monotonic() + time_limit_s
-
-    def tracer(frame: Any, event: str, arg: Any) -> Any:
-        if time.monotonic() > deadline:
-            raise TimeoutError("chat template rendering took too long")
-        return tracer
-
-    parts: list[str] = []
-    size = 0
-    previous = sys.gettrace()
-    sys.settrace(tracer)
-    try:
-        for chunk in compiled.generate(**variables):
-            size += len(chunk)
-            if size > max_chars:
-                raise TemplateError(
-                    f"chat_template rendered more than {max_chars} characters",
-                    param="chat_template",
-                )
-            parts.append(chunk)
-    except TimeoutError:
-        raise TemplateError(
-            f"chat_template did not render within {time_limit_s}s", param="chat_template"
-        ) from None
-    except (JinjaError, TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
-        raise TemplateError(f"chat_template failed: {exc}", param="chat_template") from None
-    finally:
-        sys.settrace(previous)
-    return "".join(parts)
-
-
 # ---- whole requests ------------------------------------------------------------------------------
 
 
@@ -370,6 +408,13 @@ class Plan:
     logprobs: int | None
     prompts: list[str | list[int]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
+    #: the field the client set ``max_tokens`` with (named in errors)
+    max_tokens_param: str = "max_tokens"
+
+    def budget(self, prompt_tokens: int, info: ModelInfo, *, default: int | None) -> int:
+        """This request's ``max_tokens`` for a prompt of ``prompt_tokens`` tokens."""
+        return resolve_max_tokens(self.max_tokens, prompt_tokens, info, default=default,
+                                  min_tokens=self.params.min_tokens, param=self.max_tokens_param)
 
 
 def plan_completion(req: CompletionRequest, info: ModelInfo) -> Plan:
@@ -380,7 +425,7 @@ def plan_completion(req: CompletionRequest, info: ModelInfo) -> Plan:
     logprobs = completion_logprobs(req)
     params = sampling_params(req, info, logprobs=logprobs)
     plan = Plan(params, stop_strings(req.stop), requested_max_tokens(req), logprobs,
-                prompts=normalize_prompts(req.prompt))
+                prompts=normalize_prompts(req.prompt), max_tokens_param=max_tokens_field(req))
     if len(plan.prompts) * req.n > MAX_SEQUENCES:
         raise InvalidInput(
             f"{len(plan.prompts)} prompts x n={req.n} is more than {MAX_SEQUENCES} sequences",
@@ -408,14 +453,15 @@ def plan_chat(req: ChatRequest, info: ModelInfo, allow_request_template: bool) -
     logprobs = chat_logprobs(req)
     params = sampling_params(req, info, logprobs=logprobs)
     plan = Plan(params, stop_strings(req.stop), requested_max_tokens(req), logprobs,
-                messages=messages)
+                messages=messages, max_tokens_param=max_tokens_field(req))
     _check_min_tokens(plan)
     return plan
 
 
 def _check_min_tokens(plan: Plan) -> None:
     if plan.max_tokens is not None and plan.params.min_tokens > plan.max_tokens:
-        raise InvalidInput("'min_tokens' must not exceed 'max_tokens'", param="min_tokens")
+        raise InvalidInput(f"'min_tokens' must not exceed '{plan.max_tokens_param}'",
+                           param="min_tokens")
 
 
 # ---- embeddings ----------------------------------------------------------------------------

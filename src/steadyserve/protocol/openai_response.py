@@ -21,6 +21,23 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token for a logprobs body: its text, log-probability and real bytes."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass(frozen=True)
+class PositionLogprobs:
+    """One generated position: the chosen token and every alternative, most likely first."""
+
+    chosen: TokenLogprob
+    top: list[TokenLogprob]
+
+
 @dataclass
 class ChoiceState:
     """What one generated sequence has produced so far (for non-streaming responses)."""
@@ -30,39 +47,46 @@ class ChoiceState:
     completion_tokens: int = 0
     prompt_tokens: int = 0
     finish_reason: str | None = None
-    tokens: list[str] = field(default_factory=list)
-    token_logprobs: list[float] = field(default_factory=list)
-    top_logprobs: list[dict[str, float]] = field(default_factory=list)
+    logprobs: list[PositionLogprobs] = field(default_factory=list)
+    #: where the generated text starts in ``text`` (after an echoed prompt)
+    text_offset: int = 0
 
 
-def completion_logprobs_body(tokens: list[str], lps: list[float],
-                             tops: list[dict[str, float]], offset: int = 0) -> dict[str, Any]:
+def logprobs_text_length(positions: list[PositionLogprobs]) -> int:
+    """How far ``text_offset`` advances over these positions."""
+    return sum(len(p.chosen.token) for p in positions)
+
+
+def completion_logprobs_body(positions: list[PositionLogprobs], offset: int = 0
+                             ) -> dict[str, Any]:
+    """Legacy completions logprobs. ``top_logprobs`` is a dict by spec: alternatives whose texts
+    coincide keep the most likely one."""
     offsets, pos = [], offset
-    for tok in tokens:
+    for p in positions:
         offsets.append(pos)
-        pos += len(tok)
+        pos += len(p.chosen.token)
+    tops: list[dict[str, float]] = []
+    for p in positions:
+        top: dict[str, float] = {}
+        for alt in p.top:
+            top.setdefault(alt.token, alt.logprob)
+        tops.append(top)
     return {
-        "tokens": tokens,
-        "token_logprobs": lps,
+        "tokens": [p.chosen.token for p in positions],
+        "token_logprobs": [p.chosen.logprob for p in positions],
         "top_logprobs": tops,
         "text_offset": offsets,
     }
 
 
-def chat_logprobs_body(tokens: list[str], lps: list[float],
-                       tops: list[dict[str, float]]) -> dict[str, Any]:
-    content = []
-    for i, tok in enumerate(tokens):
-        top = tops[i] if i < len(tops) else {}
-        content.append({
-            "token": tok,
-            "logprob": lps[i] if i < len(lps) else 0.0,
-            "bytes": list(tok.encode("utf-8")),
-            "top_logprobs": [
-                {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for t, lp in top.items()
-            ],
-        })
-    return {"content": content}
+def chat_logprobs_body(positions: list[PositionLogprobs]) -> dict[str, Any]:
+    """Chat logprobs: every alternative kept (a list), each with its real bytes."""
+
+    def entry(t: TokenLogprob) -> dict[str, Any]:
+        return {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
+
+    return {"content": [{**entry(p.chosen), "top_logprobs": [entry(t) for t in p.top]}
+                        for p in positions]}
 
 
 def completion_response(rid: str, created: int, model: str, choices: list[ChoiceState],
@@ -76,7 +100,7 @@ def completion_response(rid: str, created: int, model: str, choices: list[Choice
             {
                 "index": c.index,
                 "text": c.text,
-                "logprobs": completion_logprobs_body(c.tokens, c.token_logprobs, c.top_logprobs)
+                "logprobs": completion_logprobs_body(c.logprobs, c.text_offset)
                 if with_logprobs else None,
                 "finish_reason": c.finish_reason,
             }
@@ -97,8 +121,7 @@ def chat_response(rid: str, created: int, model: str, choices: list[ChoiceState]
             {
                 "index": c.index,
                 "message": {"role": "assistant", "content": c.text},
-                "logprobs": chat_logprobs_body(c.tokens, c.token_logprobs, c.top_logprobs)
-                if with_logprobs else None,
+                "logprobs": chat_logprobs_body(c.logprobs) if with_logprobs else None,
                 "finish_reason": c.finish_reason,
             }
             for c in choices

@@ -73,6 +73,8 @@ class ChatMessage(_Wire):
     role: StrictStr
     content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
+    tool_calls: Any = None  # refused when set (no tool support)
+    function_call: Any = None  # refused when set (legacy function calling)
 
 
 class ChatRequest(_Sampling):
@@ -85,6 +87,12 @@ class ChatRequest(_Sampling):
     chat_template_kwargs: dict[str, Any] | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
+    # accepted only to be refused by name (never silently ignored)
+    functions: list[Any] | None = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: list[StrictStr] | None = None
+    prediction: Any = None
 
 
 class EmbeddingRequest(_Wire):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import re
 import threading
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
@@ -26,9 +28,28 @@ log = logging.getLogger("steadyserve.openai")
 # ---- tokenizers (one per model and worker incarnation, loaded once, off the loop) --------------
 
 
+@dataclass(frozen=True)
+class LoadedTokenizer:
+    """A model's tokenizer and what the routes need to know about it, worked out once."""
+
+    tokenizer: Any
+    #: no token covers more characters of text than this (a prompt longer than
+    #: ``max_model_len * max_token_chars`` cannot fit, and is refused before tokenizing)
+    max_token_chars: int
+    #: byte-level BPE (GPT-2 style): a token's string maps back to its bytes
+    byte_level: bool
+
+
 async def tokenizer_for(ctx: ServerContext, engine: ModelEngine, info: ModelInfo) -> Any | None:
-    """The model's tokenizer (``None`` for models without one), loaded once and cached in
-    ``ctx.openai_state`` per model name and worker restart count."""
+    """The model's tokenizer (``None`` for models without one), loaded once and cached."""
+    loaded = await loaded_tokenizer_for(ctx, engine, info)
+    return loaded.tokenizer if loaded is not None else None
+
+
+async def loaded_tokenizer_for(ctx: ServerContext, engine: ModelEngine, info: ModelInfo
+                               ) -> LoadedTokenizer | None:
+    """The model's :class:`LoadedTokenizer` (``None`` for models without one), loaded once and
+    cached in ``ctx.openai_state`` per model name and worker restart count."""
     if not info.tokenizer_dir:
         return None
     key = f"tokenizer:{engine.name}"
@@ -74,11 +95,63 @@ def preload_tokenizer_library() -> threading.Thread:
     return thread
 
 
-def _load_tokenizer(path: str) -> Any:
+def _load_tokenizer(path: str) -> LoadedTokenizer:
     with _TOKENIZER_LOAD:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return LoadedTokenizer(tokenizer, max_token_chars(tokenizer), is_byte_level(tokenizer))
+
+
+def max_token_chars(tokenizer: Any) -> int:
+    """The longest token string, added tokens included: an upper bound on the characters of
+    text one token stands for (byte-level BPE: one character per byte; sentencepiece: ``▁`` per
+    space; WordPiece's ``##`` and byte-fallback ``<0xAB>`` over-estimate, which is safe). A
+    WordPiece word with an unknown character is one ``[UNK]``: its ``max_input_chars_per_word``
+    (100) counts too.
+
+    Not a bound for text a tokenizer throws away or folds into one unknown token beyond that
+    (whitespace dropped by a normalizer, a WordPiece word over 100 characters): such a text,
+    longer than the context times this bound in characters, is refused although it has few
+    tokens - never a text of ordinary words."""
+    vocab = tokenizer.get_vocab()
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    longest = max((len(t) for t in vocab), default=1)
+    longest = max([longest, *(len(str(getattr(t, "content", t))) for t in added.values())])
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    word = getattr(getattr(backend, "model", None), "max_input_chars_per_word", None)
+    if isinstance(word, int):
+        longest = max(longest, word)
+    return max(1, longest)
+
+
+def is_byte_level(tokenizer: Any) -> bool:
+    """Whether the tokenizer is a byte-level BPE (its decoder or pre-tokenizer is ByteLevel)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return hasattr(tokenizer, "byte_decoder")  # a slow GPT-2 tokenizer
+    from tokenizers import decoders, pre_tokenizers
+
+    return isinstance(backend.decoder, decoders.ByteLevel) or isinstance(
+        backend.pre_tokenizer, pre_tokenizers.ByteLevel
+    )
+
+
+@functools.cache
+def _unicode_to_byte() -> dict[str, int]:
+    """The inverse of GPT-2's ``bytes_to_unicode``: each byte has a printable stand-in."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    chars = {b: b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = 256 + extra
+            extra += 1
+    return {chr(c): b for b, c in chars.items()}
+
+
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 def _encode(tokenizer: Any, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
@@ -124,6 +197,24 @@ def token_text(tokenizer: Any | None, token_id: int) -> str:
     if tokenizer is None:
         return f"token_id:{token_id}"
     return str(tokenizer.decode([token_id], skip_special_tokens=False))
+
+
+def token_bytes(tokenizer: Any | None, token_id: int, text: str, byte_level: bool) -> list[int]:
+    """A token's real bytes for logprobs (its text may be a lone ``\ufffd`` for part of a
+    character): byte-level BPE maps its token string back to bytes, a sentencepiece
+    byte-fallback token ``<0xAB>`` is that byte; otherwise the UTF-8 of ``text``."""
+    if tokenizer is not None:
+        piece = tokenizer.convert_ids_to_tokens(token_id)
+        if isinstance(piece, str) and piece:
+            if byte_level:
+                table = _unicode_to_byte()
+                if all(c in table for c in piece):
+                    return [table[c] for c in piece]
+            else:
+                match = _BYTE_FALLBACK.fullmatch(piece)
+                if match is not None:
+                    return [int(match.group(1), 16)]
+    return list(text.encode("utf-8"))
 
 
 #: longest prompt excerpt logged with --log_prompts

@@ -23,6 +23,7 @@ from steadyserve.engine.client import ModelEngine
 from steadyserve.errors import InvalidInput, UnsupportedEndpoint
 from steadyserve.protocol import openai as oa
 from steadyserve.protocol import openai_response as resp
+from steadyserve.protocol import openai_template as ot
 from steadyserve.protocol.openai_schema import (
     ChatRequest,
     CompletionRequest,
@@ -34,15 +35,18 @@ from steadyserve.transport.common import cancel_on_disconnect, read_json, reques
 from steadyserve.transport.context import ServerContext
 from steadyserve.transport.openai_serving import (
     Event,
+    LoadedTokenizer,
     SeqSpec,
     apply_chat_template,
     encode,
     error_payload,
     has_chat_template,
+    loaded_tokenizer_for,
     log_prompt,
     merge,
     preload_tokenizer_library,
     run_sequence,
+    token_bytes,
     token_text,
     tokenizer_for,
 )
@@ -60,8 +64,9 @@ class _Job:
     def __init__(self, *, chat: bool, model: str, engine: ModelEngine, tokenizer: Any | None,
                  seqs: list[SeqSpec], stops: list[str], stream: bool, include_usage: bool,
                  logprobs: int | None, echo: list[str] | None, timeout_s: float | None,
-                 n: int) -> None:
+                 n: int, byte_level: bool = False) -> None:
         self.chat = chat
+        self.byte_level = byte_level
         self.n = n
         self.model = model
         self.engine = engine
@@ -81,6 +86,40 @@ class _Job:
             run_sequence(self.engine, s, self.tokenizer, self.stops, self.timeout_s)
             for s in self.seqs
         ])
+
+
+async def _resolve_prompts(prompts: list[str | list[int]], loaded: LoadedTokenizer | None,
+                           info: ModelInfo, *, echo: bool
+                           ) -> tuple[list[list[int] | str], list[int], list[str] | None]:
+    """Each prompt as token ids (as text for a model without a tokenizer), its token count, and
+    the text to echo. A text too long to possibly fit is refused before it is tokenized."""
+    echoed: list[str] | None = [] if echo else None
+    if loaded is None:
+        for prompt in prompts:
+            if not isinstance(prompt, str):
+                raise InvalidInput(f"model {info.name} has no tokenizer: send the prompt as text",
+                                   param="prompt")
+        if echoed is not None:
+            echoed = [str(p) for p in prompts]
+        return list(prompts), [0] * len(prompts), echoed
+    texts = [p for p in prompts if isinstance(p, str)]
+    for text in texts:
+        oa.check_prompt_chars(text, info, loaded.max_token_chars, param="prompt")
+    encoded = iter(await encode(loaded.tokenizer, texts) if texts else [])
+    resolved: list[list[int] | str] = []
+    lens: list[int] = []
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            ids = next(encoded)
+        else:
+            oa.check_token_ids(prompt, info.vocab_size, "prompt")
+            ids = list(prompt)
+        resolved.append(ids)
+        lens.append(len(ids))
+        if echoed is not None:
+            echoed.append(prompt if isinstance(prompt, str) else
+                          await asyncio.to_thread(loaded.tokenizer.decode, ids))
+    return resolved, lens, echoed
 
 
 def _choice_seed(seed: int, index: int) -> int:
@@ -137,46 +176,18 @@ def build_router(ctx: ServerContext) -> APIRouter:
         prompts = plan.prompts
         log_prompt(ctx, "completions", prompts[0] if len(prompts) == 1 else prompts)
         timeout_s = request_timeout(request)
-        tokenizer = await tokenizer_for(ctx, engine, info)
-        resolved: list[list[int] | str] = []
-        lens: list[int] = []
-        echo: list[str] | None = [] if req.echo else None
-        if tokenizer is None:
-            for prompt in prompts:
-                if not isinstance(prompt, str):
-                    raise InvalidInput(
-                        f"model {info.name} has no tokenizer: send the prompt as text",
-                        param="prompt",
-                    )
-                resolved.append(prompt)
-                lens.append(0)
-                if echo is not None:
-                    echo.append(prompt)
-        else:
-            texts = [p for p in prompts if isinstance(p, str)]
-            encoded = iter(await encode(tokenizer, texts) if texts else [])
-            for prompt in prompts:
-                if isinstance(prompt, str):
-                    ids = next(encoded)
-                else:
-                    oa.check_token_ids(prompt, info.vocab_size, "prompt")
-                    ids = list(prompt)
-                resolved.append(ids)
-                lens.append(len(ids))
-                if echo is not None:
-                    echo.append(prompt if isinstance(prompt, str) else
-                                await asyncio.to_thread(tokenizer.decode, ids))
-        max_tokens = [
-            oa.resolve_max_tokens(plan.max_tokens, n_tok, info,
-                                  default=oa.DEFAULT_COMPLETION_TOKENS)
-            for n_tok in lens
-        ]
+        loaded = await loaded_tokenizer_for(ctx, engine, info)
+        tokenizer = loaded.tokenizer if loaded is not None else None
+        resolved, lens, echo = await _resolve_prompts(prompts, loaded, info, echo=req.echo)
+        max_tokens = [plan.budget(n_tok, info, default=oa.DEFAULT_COMPLETION_TOKENS)
+                      for n_tok in lens]
         seqs = _sequences(resolved, lens, plan.params, max_tokens, req.n,
                           context=not info.is_encoder_decoder)
         job = _Job(chat=False, model=req.model, engine=engine, tokenizer=tokenizer, seqs=seqs,
                    stops=plan.stops, stream=req.stream,
                    include_usage=bool(req.stream_options and req.stream_options.include_usage),
-                   logprobs=plan.logprobs, echo=echo, timeout_s=timeout_s, n=req.n)
+                   logprobs=plan.logprobs, echo=echo, timeout_s=timeout_s, n=req.n,
+                   byte_level=loaded is not None and loaded.byte_level)
         return await _answer(request, job)
 
     # ---- chat ----------------------------------------------------------------------------------
@@ -186,11 +197,12 @@ def build_router(ctx: ServerContext) -> APIRouter:
         plan = oa.plan_chat(req, info, ctx.settings.allow_request_chat_template)
         messages = plan.messages
         timeout_s = request_timeout(request)
-        tokenizer = await tokenizer_for(ctx, engine, info)
-        if tokenizer is None:
+        loaded = await loaded_tokenizer_for(ctx, engine, info)
+        if loaded is None:
             raise UnsupportedEndpoint(
                 f"model {info.name} does not support chat completions (no tokenizer); "
                 f"it supports: {oa.supported(info)}", param="model")
+        tokenizer = loaded.tokenizer
         kwargs = oa.template_kwargs(req)
         if req.chat_template is not None:
             variables = {
@@ -201,7 +213,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
                 "eos_token": str(getattr(tokenizer, "eos_token", "") or ""),
             }
             text = await asyncio.to_thread(
-                oa.render_template_sandboxed, req.chat_template, variables,
+                ot.render_template_sandboxed, req.chat_template, variables,
                 time_limit_s=TEMPLATE_TIME_LIMIT_S, max_chars=TEMPLATE_MAX_CHARS,
             )
         else:
@@ -211,15 +223,18 @@ def build_router(ctx: ServerContext) -> APIRouter:
                     f"it supports: {oa.supported(info)}", param="model")
             text = await apply_chat_template(tokenizer, messages, req.add_generation_prompt, kwargs)
         log_prompt(ctx, "chat", text)
+        oa.check_prompt_chars(text, info, loaded.max_token_chars, param="messages",
+                              what="the rendered chat prompt")
         ids = (await encode(tokenizer, [text], add_special_tokens=False))[0]
         if not ids:
             raise InvalidInput("the rendered chat prompt is empty", param="messages")
-        max_tokens = oa.resolve_max_tokens(plan.max_tokens, len(ids), info, default=None)
+        max_tokens = plan.budget(len(ids), info, default=None)
         seqs = _sequences([ids], [len(ids)], plan.params, [max_tokens], req.n, context=True)
         job = _Job(chat=True, model=req.model, engine=engine, tokenizer=tokenizer, seqs=seqs,
                    stops=plan.stops, stream=req.stream,
                    include_usage=bool(req.stream_options and req.stream_options.include_usage),
-                   logprobs=plan.logprobs, echo=None, timeout_s=timeout_s, n=req.n)
+                   logprobs=plan.logprobs, echo=None, timeout_s=timeout_s, n=req.n,
+                   byte_level=loaded.byte_level)
         return await _answer(request, job)
 
     # ---- embeddings ----------------------------------------------------------------------------
@@ -238,12 +253,15 @@ def build_router(ctx: ServerContext) -> APIRouter:
                 param="dimensions",
             )
         counted = 0
-        tokenizer = await tokenizer_for(ctx, engine, info)
+        loaded = await loaded_tokenizer_for(ctx, engine, info)
         if token_ids is not None:
             counted = sum(len(t) for t in token_ids)
             lengths = [len(t) for t in token_ids]
-        elif tokenizer is not None and texts is not None:
-            lengths = [len(t) for t in await encode(tokenizer, texts)]
+        elif loaded is not None and texts is not None:
+            for i, text in enumerate(texts):
+                oa.check_prompt_chars(text, info, loaded.max_token_chars, param="input",
+                                      what=f"input[{i}]")
+            lengths = [len(t) for t in await encode(loaded.tokenizer, texts)]
             counted = sum(lengths)
         else:
             lengths = []
@@ -302,7 +320,9 @@ async def _collect(job: _Job) -> dict[str, Any]:
     ordered = [choices[i] for i in sorted(choices)]
     if job.echo is not None:
         for c in ordered:
-            c.text = job.echo[c.index // job.n] + c.text
+            prefix = job.echo[c.index // job.n]
+            c.text = prefix + c.text
+            c.text_offset = len(prefix)
     prompt_tokens = _prompt_tokens(job, ordered)
     build = resp.chat_response if job.chat else resp.completion_response
     return build(job.rid, job.created, job.model, ordered, prompt_tokens,
@@ -317,20 +337,27 @@ def _accumulate(job: _Job, c: resp.ChoiceState, ev: Event) -> None:
     if ev.finish_reason is not None:
         c.finish_reason = ev.finish_reason
     if job.logprobs is not None:
-        tokens, lps, tops = _logprob_lists(job, ev)
-        c.tokens += tokens
-        c.token_logprobs += lps
-        c.top_logprobs += tops
+        c.logprobs += _positions(job, ev)
 
 
-def _logprob_lists(job: _Job, ev: Event) -> tuple[list[str], list[float], list[dict[str, float]]]:
-    tokens = [token_text(job.tokenizer, t) for t in ev.token_ids]
-    lps = list(ev.logprobs or [0.0] * len(tokens))
-    tops = [
-        {token_text(job.tokenizer, t): lp for t, lp in top.items()}
-        for top in (ev.top_logprobs or [{} for _ in tokens])
+def _positions(job: _Job, ev: Event) -> list[resp.PositionLogprobs]:
+    """The logprobs of an event's tokens: each chosen token and all its alternatives (by id,
+    most likely first - several ids may share a text such as a lone ``\ufffd``)."""
+    lps = ev.logprobs or [0.0] * len(ev.token_ids)
+    tops = ev.top_logprobs or [{} for _ in ev.token_ids]
+    return [
+        resp.PositionLogprobs(
+            _token_logprob(job, token, lp),
+            [_token_logprob(job, t, alt) for t, alt in sorted(top.items(), key=lambda kv: -kv[1])],
+        )
+        for token, lp, top in zip(ev.token_ids, lps, tops, strict=False)
     ]
-    return tokens, lps, tops
+
+
+def _token_logprob(job: _Job, token_id: int, logprob: float) -> resp.TokenLogprob:
+    text = token_text(job.tokenizer, token_id)
+    return resp.TokenLogprob(text, logprob,
+                             token_bytes(job.tokenizer, token_id, text, job.byte_level))
 
 
 def _prompt_tokens(job: _Job, choices: list[resp.ChoiceState]) -> int:
@@ -357,13 +384,19 @@ async def _sse_body(job: _Job, first: Event, events: AsyncGenerator[Event, None]
     completion_tokens = dict.fromkeys(prompt_tokens, 0)
     usage_extra = {"usage": None} if job.include_usage else {}
     obj = "chat.completion.chunk" if job.chat else "text_completion"
+    # where each choice's next token starts in its text (after an echoed prompt), as in _collect
+    offsets = {s.index: len(job.echo[s.index // job.n]) if job.echo is not None else 0
+               for s in job.seqs}
 
     def chunk(index: int, text: str, finish: str | None, ev: Event | None) -> bytes:
         lp = None
         if job.logprobs is not None and ev is not None and ev.token_ids:
-            tokens, lps, tops = _logprob_lists(job, ev)
-            lp = (resp.chat_logprobs_body(tokens, lps, tops) if job.chat
-                  else resp.completion_logprobs_body(tokens, lps, tops))
+            positions = _positions(job, ev)
+            if job.chat:
+                lp = resp.chat_logprobs_body(positions)
+            else:
+                lp = resp.completion_logprobs_body(positions, offsets[index])
+                offsets[index] += resp.logprobs_text_length(positions)
         if job.chat:
             delta = {"content": text} if text or finish is None else {}
             body = resp.chat_chunk(job.rid, job.created, job.model, index, delta, finish, lp)
