@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 
@@ -17,13 +18,20 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get() or "-"
+        # a worker names the request explicitly (``extra={"request_id": ...}``)
+        if not getattr(record, "request_id", None):
+            record.request_id = request_id_var.get() or "-"
         return True
 
 
 #: structured fields a log call may pass with ``extra=`` (the access log does); JSON lines carry
 #: them as keys, text lines only in the message.
-EXTRA_FIELDS = ("method", "route", "status", "duration_ms", "model")
+EXTRA_FIELDS = ("method", "route", "status", "duration_ms", "model", "worker_pid")
+
+
+def _worker_pid(record: logging.LogRecord) -> bool:
+    record.worker_pid = record.process
+    return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,15 +54,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(level: str = "info", fmt: str = "text") -> None:
+def configure(level: str = "info", fmt: str = "text", *, worker: bool = False) -> None:
+    """Logging of the server (``worker=False``) or of a model worker process: the same format
+    (with ``LOG_FORMAT=json`` every line of every process is one JSON object; a worker's carry
+    ``worker_pid``), the same request ids. Python warnings are logged, not printed."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
+        if worker:
+            handler.addFilter(_worker_pid)
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-        )
+        where = f"[worker {os.getpid()}] " if worker else ""
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s {where}%(name)s [%(request_id)s] %(message)s"))
+    logging.captureWarnings(True)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -35,6 +35,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_consecutive_crashes=settings.max_consecutive_crashes,
         restart_backoff_s=settings.restart_backoff_s,
         restart_backoff_max_s=settings.restart_backoff_max_s,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
     )
 
 

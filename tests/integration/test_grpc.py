@@ -284,3 +284,30 @@ def test_busy_grpc_port_fails_start_up_with_one_line() -> None:
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert f"--grpc_port={port}" in done.stderr and "cannot listen" in done.stderr
+
+
+def test_grpc_calls_are_counted_logged_and_carry_a_request_id(server: ServerProcess,
+                                                             stub: Any) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def count(code: str) -> float:
+        text = httpx.get(server.url + "/metrics").text
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if (s.name == "steadyserve_requests_total" and s.labels.get("method") == "gRPC"
+                        and s.labels["route"] == "/inference.GRPCInferenceService/ModelInfer"
+                        and s.labels["code"] == code):
+                    return float(s.value)
+        return 0.0
+
+    ok, missing = count("200"), count("404")
+    _, call = stub.ModelInfer.with_call(scaler_request(np.ones((1, 2), np.float32)),
+                                        metadata=(("x-request-id", "grpc-id-1"),))
+    assert dict(call.trailing_metadata())["x-request-id"] == "grpc-id-1"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(pb.ModelInferRequest(model_name="nope"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(dict(info.value.trailing_metadata())["x-request-id"]) == 32  # generated
+    assert count("200") == ok + 1 and count("404") == missing + 1
+    wait_for(lambda: "gRPC /inference.GRPCInferenceService/ModelInfer 200" in server.logs())
+    assert_good(stub)

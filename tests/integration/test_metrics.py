@@ -5,6 +5,7 @@ restarts) - plus the engine-listener side (TTFT/ITL/tokens) without a server."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -184,3 +185,42 @@ def test_routes_can_name_the_model_of_a_request() -> None:
     samples = scrape_text(asyncio.run(go()))
     labels = dict(method="POST", route="/test/labelled", model="body-model", code="200")
     assert value(samples, "steadyserve_requests_total", **labels) == 1
+
+
+def test_openai_requests_are_labelled_with_the_body_model(client: httpx.Client) -> None:
+    labels = dict(method="POST", route="/v1/completions", model="faulty", code="200")
+    before = value(scrape(client), "steadyserve_requests_total", **labels)
+    r = client.post("/v1/completions", json={"model": "faulty", "prompt": "x", "max_tokens": 2})
+    assert r.status_code == 200
+    r = client.post("/v1/completions", json={"model": "nope", "prompt": "x"})
+    assert r.status_code == 404
+    after = scrape(client)
+    assert value(after, "steadyserve_requests_total", **labels) == before + 1
+    # an unknown model is not a label value
+    assert not any(dict(lb).get("model") == "nope" for _, lb in after)
+
+
+def test_predict_work_shows_in_the_worker_gauges(client: httpx.Client, server: ServerProcess
+                                                 ) -> None:
+    """A running predict batch and the requests waiting behind it are visible (not only
+    generation): `worker_running` / `worker_queued` and /debug/engine agree."""
+    import threading
+
+    threads = [threading.Thread(target=predict, args=(client, "sleep:1.5")) for _ in range(3)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    try:
+        def busy() -> bool:
+            samples = scrape(client)
+            running = value(samples, "steadyserve_worker_running", model="faulty")
+            queued = value(samples, "steadyserve_worker_queued", model="faulty")
+            return running >= 1 and running + queued == 3
+        wait_for(busy, timeout=3)
+        stats = server.debug()["models"]["faulty"]
+        assert stats["worker_running"] >= 1 and stats["in_flight"] == 3
+    finally:
+        for t in threads:
+            t.join(30)
+    wait_for(lambda: value(scrape(client), "steadyserve_worker_running", model="faulty") == 0
+             and value(scrape(client), "steadyserve_worker_queued", model="faulty") == 0)

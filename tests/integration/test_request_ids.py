@@ -137,3 +137,19 @@ async def _unhandled_exception() -> None:
         assert r.status_code == 500 and r.headers["x-request-id"] == "mine"
         r = await c.get("/v2/health/live")
         assert r.status_code == 200 and GENERATED.fullmatch(r.headers["x-request-id"])
+
+
+def test_worker_lines_are_json_and_name_the_request(server: ServerProcess,
+                                                    client: httpx.Client) -> None:
+    """LOG_FORMAT=json: the model workers' lines are JSON objects too, and a request's failure
+    logged by the worker carries that request's id."""
+    r = predict(client, "raise", **{"X-Request-ID": "worker-id-9"})
+    assert r.status_code == 500
+    line = wait_for(lambda: next((e for e in json_lines(server)
+                                  if e.get("request_id") == "worker-id-9"
+                                  and "worker_pid" in e), None))
+    assert "boom" in str(line["message"]) and line["level"] == "warning"
+    text_lines = [ln for ln in server.logs().splitlines() if ln.strip()]
+    assert all(ln.startswith("{") for ln in text_lines), [
+        ln for ln in text_lines if not ln.startswith("{")][:3]
+    assert predict(client, "fine").status_code == 200

@@ -31,6 +31,7 @@ from steadyserve.errors import (
     SteadyError,
     from_kind,
 )
+from steadyserve.logs import request_id_var
 from steadyserve.types import (
     EmbedRequest,
     EmbedResponse,
@@ -111,13 +112,19 @@ class ModelEngine(WorkerSupervisor):
         return len(self._pending)
 
     def stats(self) -> dict[str, Any]:
+        """What ``/debug/engine`` and the scrape-time gauges show. ``worker_running`` /
+        ``worker_queued``: generation from the worker's last heartbeat, plus predict/infer/embed
+        requests - those in the batch the worker said it started (``Busy``) run, the rest of the
+        server's unary requests in flight wait (in the worker's queue or on their way to it)."""
+        unary = sum(1 for p in self._pending.values() if p.future is not None)
+        busy = min(self._busy_requests, unary)
         return {
             "state": self.state,
             "in_flight": len(self._pending),
             "streams_open": len(self._streams),
             "queued_tokens": self._queued_tokens,
-            "worker_running": self.worker_stats.get("running", 0),
-            "worker_queued": self.worker_stats.get("queued", 0),
+            "worker_running": self.worker_stats.get("running", 0) + busy,
+            "worker_queued": self.worker_stats.get("queued", 0) + unary - busy,
             "restarts": self.restarts,
             "consecutive_crashes": self.consecutive_crashes,
             "last_error": self.last_error,
@@ -133,9 +140,9 @@ class ModelEngine(WorkerSupervisor):
 
     def _dispatch(self, msg: ipc.ToServer) -> None:
         if isinstance(msg, ipc.Busy):
-            self._busy_rows = msg.rows
+            self._busy_rows, self._busy_requests = msg.rows, msg.requests
             return
-        self._busy_rows = 0
+        self._busy_rows = self._busy_requests = 0
         if isinstance(msg, ipc.Deltas):
             for rid, seconds in msg.started:
                 if rid in self._pending:
@@ -289,7 +296,8 @@ class ModelEngine(WorkerSupervisor):
         rid = self._admit(kind, 0)
         unary = 1 + sum(1 for p in self._pending.values() if p.future is not None)
         submit = ipc.Submit(id=rid, kind=kind, timeout_s=timeout, in_flight=unary,
-                            results_seen=self._unary_results, **{kind: payload})
+                            results_seen=self._unary_results, request_id=request_id_var.get(),
+                            **{kind: payload})
         data = self._submit_frame(submit, 0)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -333,7 +341,8 @@ class ModelEngine(WorkerSupervisor):
         tokens = prompt_len + request.params.max_tokens
         rid = self._admit("generate", tokens)
         data = self._submit_frame(
-            ipc.Submit(id=rid, kind="generate", timeout_s=timeout, generate=request), tokens
+            ipc.Submit(id=rid, kind="generate", timeout_s=timeout, generate=request,
+                       request_id=request_id_var.get()), tokens
         )
         queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
         entry = self._pending[rid] = _Pending(kind="generate", tokens=tokens, queue=queue)

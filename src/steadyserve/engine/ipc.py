@@ -74,6 +74,8 @@ class Submit(msgspec.Struct, tag=True):
     infer: InferRequest | None = None
     embed: EmbedRequest | None = None
     generate: GenerateRequest | None = None
+    #: the server's request id (X-Request-ID), for the worker's log lines about this request
+    request_id: str | None = None
 
 
 class Abort(msgspec.Struct, tag=True):
@@ -117,16 +119,22 @@ class Failed(msgspec.Struct, tag=True):
 
 
 class Heartbeat(msgspec.Struct, tag=True):
+    """The worker's generation state (sent between steps). Predict/infer/embed work is counted
+    by the server itself, from its requests in flight and :class:`Busy`."""
+
+    #: sequences in the running generation batch
     running: int = 0
+    #: generation requests waiting for a slot
     queued: int = 0
     stats: dict[str, int] = {}
 
 
 class Busy(msgspec.Struct, tag=True):
-    """A predict batch of ``rows`` rows starts: the hang watchdog allows it ``rows`` times the
-    hang timeout of silence (a batch of slow rows is slow, not hung)."""
+    """A predict batch of ``rows`` rows (``requests`` requests) starts: the hang watchdog allows
+    it ``rows`` times the hang timeout of silence (a batch of slow rows is slow, not hung)."""
 
     rows: int
+    requests: int = 1
 
 
 class Progress(msgspec.Struct, tag=True):

@@ -159,7 +159,8 @@ class Scheduler:
             self.results_sent += 1
         err = as_error(exc)
         if not isinstance(err, SteadyError) or isinstance(err, ModelError):
-            log.warning("request %s failed: %s", job.msg.id, err.message)
+            log.warning("request failed: %s", err.message,
+                        extra={"request_id": job.msg.request_id or f"#{job.msg.id}"})
         self.channel.send(Failed(id=job.msg.id, kind=err.kind, message=err.message))
 
     # ---- main loop -----------------------------------------------------------------------
@@ -177,11 +178,8 @@ class Scheduler:
                 self.last_heartbeat = now
                 stats = self.engine.stats() if self.engine is not None else {}
                 self.channel.send(
-                    Heartbeat(
-                        running=len(self.gen_running),
-                        queued=len(self.pending) + len(self.gen_waiting),
-                        stats=stats,
-                    )
+                    Heartbeat(running=len(self.gen_running), queued=len(self.gen_waiting),
+                              stats=stats)
                 )
 
     def _wait_time(self) -> float:
@@ -311,7 +309,7 @@ class Scheduler:
         kind = batch[0].msg.kind
         started = time.monotonic()
         failure: SteadyError | None = None
-        self.channel.send(Busy(rows=sum(job.rows for job in batch)))
+        self.channel.send(Busy(rows=sum(job.rows for job in batch), requests=len(batch)))
         try:
             if kind == "infer" and batch[0].group[0] == "infer-solo":
                 results = [self._infer_solo(batch[0])]

@@ -45,6 +45,9 @@ class EngineConfig:
     max_consecutive_crashes: int = 5
     restart_backoff_s: float = 0.5
     restart_backoff_max_s: float = 30.0
+    #: the workers log like the server (--log_level / --log_format)
+    log_level: str = "info"
+    log_format: str = "text"
 
 
 class State:
@@ -80,6 +83,8 @@ class WorkerSupervisor:
         self._stopping = False
         #: rows of the predict batch the worker said it started (0: none running)
         self._busy_rows = 0
+        #: requests in that batch
+        self._busy_requests = 0
         #: whether this engine's model was ever loaded (ready) at all
         self._ever_ready = False
         #: whether the current worker process reached READY (reset at each spawn)
@@ -154,6 +159,8 @@ class WorkerSupervisor:
         try:
             env = dict(os.environ)
             env.setdefault("TOKENIZERS_PARALLELISM", "false")
+            env.setdefault("STEADYSERVE_WORKER_LOG_LEVEL", self.config.log_level)
+            env["STEADYSERVE_WORKER_LOG_FORMAT"] = self.config.log_format
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -183,7 +190,7 @@ class WorkerSupervisor:
                 proc, reader = await self._spawn()
                 self._proc = proc
                 self._last_message = time.monotonic()
-                self._busy_rows = 0
+                self._busy_rows = self._busy_requests = 0
                 self._reader_task = asyncio.create_task(self._read_loop(reader))
                 outcome = await self._watch(proc)
             except asyncio.CancelledError:

@@ -99,10 +99,13 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     fd = int(argv[argv.index("--fd") + 1])
-    logging.basicConfig(
-        level=os.environ.get("STEADYSERVE_WORKER_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s",
-    )
+    fmt = os.environ.get("STEADYSERVE_WORKER_LOG_FORMAT", "text")
+    if fmt == "json":  # one JSON object per line: no progress bars in the stream
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from steadyserve.logs import configure
+
+    configure(os.environ.get("STEADYSERVE_WORKER_LOG_LEVEL", "info"), fmt, worker=True)
     # The server decides when we stop (Shutdown, or SIGKILL past its grace period): a SIGTERM or
     # SIGINT sent to the whole process group (systemd, `timeout`, tini -g, Ctrl-C) must not kill
     # the model under requests the server is still draining.

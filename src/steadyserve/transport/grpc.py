@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,12 +30,14 @@ import grpc
 from steadyserve import __version__
 from steadyserve.engine.client import ModelEngine
 from steadyserve.errors import PayloadTooLarge, SteadyError
+from steadyserve.logs import request_id_var
 from steadyserve.protocol import v2, v2_grpc
 from steadyserve.protocol.grpc_gen import grpc_predict_v2_pb2 as pb
 from steadyserve.protocol.grpc_gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from steadyserve.repository import ModelRepository, check_load_parameters
 from steadyserve.transport import auth
 from steadyserve.transport.context import ServerContext
+from steadyserve.transport.middleware import access_log, valid_request_id
 from steadyserve.transport.routes_v2 import EXTENSIONS
 
 log = logging.getLogger("steadyserve.grpc")
@@ -52,17 +56,40 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal server error"
 
 
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    """The client's ``x-request-id`` metadata if valid (as over HTTP), else a fresh one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "replace")
+            valid = valid_request_id(raw)
+            if valid is not None:
+                return valid
+    return os.urandom(16).hex()
+
+
 def _mapped(method: Handler[T]) -> Handler[T]:
     """Check the API key (``authorization: Bearer <key>`` metadata, when keys are set), run the
-    handler; any error ends the call with its mapped status (no traceback leaks)."""
+    handler; any error ends the call with its mapped status (no traceback leaks). Like the HTTP
+    middleware: a request id (the client's ``x-request-id`` or a fresh one) on every log line of
+    the call and in the trailing metadata, one access-log line, and the request metrics (route
+    ``/inference.GRPCInferenceService/<RPC>``, method ``gRPC``, the HTTP-equivalent code)."""
+    route = f"/inference.GRPCInferenceService/{method.__name__}"
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        started = time.perf_counter()
+        rid = _request_id(context)
+        token = request_id_var.set(rid)
+        trailing: list[tuple[str, str]] = [("x-request-id", rid)]
+        status = 200
         try:
             if self.keys and (self.auth_health or method.__name__ not in OPEN_RPCS):
                 auth.check_grpc_metadata(self.keys, context.invocation_metadata())
-            return await method(self, request, context)
+            result = await method(self, request, context)
+            context.set_trailing_metadata(tuple(trailing))
+            return result
         except asyncio.CancelledError:
+            status = 499  # the client cancelled (or its deadline passed)
             raise
         except grpc.aio.AbortError:
             raise
@@ -70,12 +97,22 @@ def _mapped(method: Handler[T]) -> Handler[T]:
             if not isinstance(exc, SteadyError):
                 log.error("unhandled error in gRPC %s", method.__name__, exc_info=exc)
             code, message = status_of(exc)
+            status = exc.http_status if isinstance(exc, SteadyError) else 500
             if isinstance(exc, SteadyError) and exc.retry_after is not None:
-                context.set_trailing_metadata(
-                    (("retry-after", str(max(1, round(exc.retry_after)))),)
-                )
+                trailing.append(("retry-after", str(max(1, round(exc.retry_after)))))
+            context.set_trailing_metadata(tuple(trailing))
             await context.abort(code, message)
             raise AssertionError("unreachable: abort raises") from None
+        finally:
+            elapsed = time.perf_counter() - started
+            model = getattr(request, "model_name", None) or getattr(request, "name", None)
+            metrics = self.ctx.metrics
+            if metrics is not None:
+                metrics.observe_request("gRPC", route, model, status, elapsed)
+            access_log.info("gRPC %s %d %.1fms", route, status, elapsed * 1000.0,
+                            extra={"method": "gRPC", "route": route, "status": status,
+                                   "duration_ms": round(elapsed * 1000.0, 3)})
+            request_id_var.reset(token)
 
     return wrapper
 

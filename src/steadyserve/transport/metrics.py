@@ -6,6 +6,9 @@ Served at ``GET /metrics`` in the Prometheus text format. Families (all prefixed
 name                                        type       labels / meaning
 ==========================================  =========  ===========================================
 ``requests_total``                          counter    method, route (template), model, code
+                                                       (gRPC: method ``gRPC``, route
+                                                       ``/inference.GRPCInferenceService/<RPC>``,
+                                                       the HTTP-equivalent code)
 ``request_duration_seconds``                histogram  method, route, model: end to end, until
                                                        the last body byte (streams included)
 ``queue_wait_seconds``                      histogram  model: admission → start of work, fed by
@@ -35,8 +38,10 @@ API for the routes (the OpenAI routes in particular)::
     ctx.metrics.add_tokens(model, prompt=12, completion=0)
 
 Time to first token, inter-token latency and completion tokens are recorded for every
-``engine.generate`` stream by an engine listener (events ``first_token`` / ``tokens``), whatever
-the transport, so the routes need not time streams themselves; ``observe_ttft`` /
+``engine.generate`` stream (the OpenAI routes: continuous batching) by an engine listener
+(events ``first_token`` / ``tokens``), so the routes need not time streams themselves. V1
+``:predict`` / V2 ``infer`` on a generative model run one batched ``generate()`` in the dynamic
+batcher and are seen in the request metrics only; ``observe_ttft`` /
 ``observe_itl`` / ``add_tokens`` exist for token work that does not go through
 ``engine.generate`` (e.g. prompt tokens counted by a tokenizer in the server process).
 ``ctx.metrics`` is ``None`` when the app was built without :func:`middleware.install`.

@@ -249,9 +249,11 @@ class DecompressMiddleware:
                     400, f"request body is truncated {encoding.decode()} data")  # type: ignore[union-attr]
             return {**message, "body": body}
 
-        headers = [(k, v) for k, v in scope["headers"]
-                   if k not in (b"content-encoding", b"content-length")]
-        await self.app({**scope, "headers": headers}, decoded_receive, send)
+        # in place, not a copy: the outer middleware reads what the router writes into the
+        # scope (the route template, the model) for the access log and the metrics
+        scope["headers"] = [(k, v) for k, v in scope["headers"]
+                            if k not in (b"content-encoding", b"content-length")]
+        await self.app(scope, decoded_receive, send)
 
 
 def http_protocol(max_header_bytes: int = MAX_HEADER_BYTES) -> Any:
@@ -277,20 +279,31 @@ def http_protocol(max_header_bytes: int = MAX_HEADER_BYTES) -> Any:
             super().on_headers_complete()
 
         def data_received(self, data: bytes) -> None:
+            idle = not self._in_headers and (self.cycle is None or self.cycle.response_complete)
+            if idle:
+                # a new request starts with this chunk: its header block may be whole in it
+                end = data.find(b"\r\n\r\n")
+                if (len(data) if end < 0 else end) > max_header_bytes:
+                    self._refuse()
+                    return
             super().data_received(data)
             if not self._in_headers or self.transport.is_closing():
                 return
             self._header_bytes += len(data)
             if self._header_bytes > max_header_bytes:
-                msg = b"request line and headers too large"
-                self.transport.write(
-                    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                    b"content-type: text/plain; charset=utf-8\r\n"
-                    b"content-length: " + str(len(msg)).encode("ascii") + b"\r\n"
-                    b"connection: close\r\n\r\n" + msg
-                )
-                self.transport.close()
-                self._in_headers = False
+                self._refuse()
+
+        def _refuse(self) -> None:
+            msg = b'{"error": "request line and headers too large"}'
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                b"content-type: application/json\r\n"
+                b"x-request-id: " + os.urandom(16).hex().encode("ascii") + b"\r\n"
+                b"content-length: " + str(len(msg)).encode("ascii") + b"\r\n"
+                b"connection: close\r\n\r\n" + msg
+            )
+            self.transport.close()
+            self._in_headers = False
 
     return BoundedHttpToolsProtocol
 

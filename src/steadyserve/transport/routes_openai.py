@@ -164,14 +164,16 @@ def build_router(ctx: ServerContext) -> APIRouter:
     if any(spec.kind in ("huggingface", "demo") for spec in registry.known().values()):
         preload_tokenizer_library()
 
-    def model_and_info(name: str) -> tuple[ModelEngine, ModelInfo]:
+    def model_and_info(request: Request, name: str) -> tuple[ModelEngine, ModelInfo]:
         engine = registry.get(name)
+        if ctx.metrics is not None:  # the body names the model: label the request's metrics
+            ctx.metrics.label_model(request, name)
         return engine, engine.require_ready_info()
 
     # ---- completions -------------------------------------------------------------------------
     async def completions(request: Request) -> Response:
         req = parse(CompletionRequest, await read_json(request))
-        engine, info = model_and_info(req.model)
+        engine, info = model_and_info(request, req.model)
         plan = oa.plan_completion(req, info)
         prompts = plan.prompts
         log_prompt(ctx, "completions", prompts[0] if len(prompts) == 1 else prompts)
@@ -193,7 +195,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
     # ---- chat ----------------------------------------------------------------------------------
     async def chat_completions(request: Request) -> Response:
         req = parse(ChatRequest, await read_json(request))
-        engine, info = model_and_info(req.model)
+        engine, info = model_and_info(request, req.model)
         plan = oa.plan_chat(req, info, ctx.settings.allow_request_chat_template)
         messages = plan.messages
         timeout_s = request_timeout(request)
@@ -240,7 +242,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
     # ---- embeddings ----------------------------------------------------------------------------
     async def embeddings(request: Request) -> Response:
         req = parse(EmbeddingRequest, await read_json(request))
-        engine, info = model_and_info(req.model)
+        engine, info = model_and_info(request, req.model)
         oa.require(info, Capability.EMBED, "embeddings")
         texts, token_ids = oa.embedding_inputs(req.input, info)
         known_dim = info.extra.get("embedding_dim")
