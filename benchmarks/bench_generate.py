@@ -12,8 +12,10 @@ For each model (a t5-small-shaped and a gpt2-shaped model with random weights, b
   ``/openai/v1/completions`` (token-id prompts, ``max_tokens`` = ``min_tokens`` = new tokens,
   ``ignore_eos``) by closed-loop clients at concurrency = batch size.
 
-Ceiling and engine runs alternate (``--repeats`` times each, the median is kept) so that load
-from other processes on a shared machine hits both alike; ratios are what to read. Prints a table
+Ceiling, engine and server runs alternate (``--repeats`` rounds, the median of each is kept;
+the server is up the whole time, idle during the in-process runs) so that drift in what a shared
+machine gives us hits all three alike; ratios are what to read. A server round is
+``--server_waves`` x concurrency requests from closed-loop clients. Prints a table
 and writes JSON to ``benchmarks/results/``. Also measures ``transformers``' own continuous
 batching (``generate_batch``) for the decoder-only model with ``--hf_cb``.
 
@@ -257,52 +259,72 @@ def bench_model(kind: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     path = build(kind, Path(args.cache_dir))
     model = load(kind, path)
     prompts = make_prompts(model, max(args.batches))
-    n = args.new_tokens
     rows: list[dict[str, Any]] = []
     # warm-up (first calls allocate and pick kernels)
     run_generate(model, prompts[:2], 4)
     run_engine(model, prompts[:2], 4)
-    ceiling: dict[int, dict[str, float]] = {}
-    for b in args.batches:
-        gen_times, eng_times, eng_lat = [], [], []
-        for _ in range(args.repeats):
-            gen_times.append(run_generate(model, prompts[:b], n))
-            took, lats = run_engine(model, prompts[:b], n)
-            eng_times.append(took)
-            eng_lat.extend(lats)
-        g, e = statistics.median(gen_times), statistics.median(eng_times)
-        ceiling[b] = {"tokens_per_s": b * n / g, "latency_ms": g * 1000}
-        rows.append(_row(kind, "generate", b, b * n / g, g * 1000, g * 1000, ceiling[b]))
-        rows.append(
-            _row(kind, "engine", b, b * n / e, statistics.median(eng_lat) * 1000,
-                 max(eng_lat) * 1000, ceiling[b])
-        )  # fmt: skip
-        if args.hf_cb and not model.config.is_encoder_decoder:
-            try:
-                h = statistics.median(run_hf_cb(model, prompts[:b], n) for _ in range(args.repeats))
-                rows.append(_row(kind, "hf generate_batch", b, b * n / h, h * 1000, h * 1000, ceiling[b]))
-            except Exception as exc:  # noqa: BLE001 - report, do not stop the run
-                rows.append({"model": kind, "mode": "hf generate_batch", "batch": b, "error": str(exc)[:200]})
-        print(f"  {kind} batch {b}: generate {b * n / g:.1f} tok/s, engine {b * n / e:.1f} tok/s", flush=True)
+    server_error = None
+    with contextlib.ExitStack() as stack:
+        url = None
+        if not args.no_server:
+            if not server_has_completions():
+                server_error = "no /openai/v1/completions route yet"
+            else:
+                try:
+                    url = stack.enter_context(serve(path, max(args.batches)))
+                    run_server_load(url, prompts, 4, 1, 1)  # warm-up request
+                except Exception as exc:  # noqa: BLE001 - report, do not stop the run
+                    server_error = str(exc)[:500]
+        for b in args.batches:
+            rows += _bench_level(kind, model, prompts, b, args, url)
+        if server_error is not None:
+            rows.append({"model": kind, "mode": "server", "error": server_error})
     del model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    if args.no_server:
-        return rows
-    if not server_has_completions():
-        rows.append({"model": kind, "mode": "server", "error": "no /openai/v1/completions route yet"})
-        return rows
-    try:
-        with serve(path, max(args.batches)) as url:
-            # warm-up request
-            run_server_load(url, prompts, 4, 1, 1)
-            for c in args.batches:
-                r = run_server_load(url, prompts, n, c, total=max(2 * c, args.min_requests))
-                row = _row(kind, "server", c, r["tokens_per_s"], r["p50_ms"], r["p99_ms"], ceiling[c])
-                row.update(requests=r["requests"], errors=r["errors"], exact_tokens=r["tokens_checked"])
-                rows.append(row)
-                print(f"  {kind} server c={c}: {r['tokens_per_s']:.1f} tok/s", flush=True)
-    except Exception as exc:  # noqa: BLE001 - report, do not stop the run
-        rows.append({"model": kind, "mode": "server", "error": str(exc)[:500]})
+    return rows
+
+
+def _bench_level(kind: str, model: Any, prompts: list[list[int]], b: int,
+                 args: argparse.Namespace, url: str | None) -> list[dict[str, Any]]:
+    """One batch size: ceiling, engine and server runs *interleaved* (``--repeats`` rounds,
+    medians kept), so that drift in what the machine gives us hits all three alike. The server's
+    worker idles while the in-process runs go (the model has the machine to itself)."""
+    n = args.new_tokens
+    gen_times: list[float] = []
+    eng_times: list[float] = []
+    eng_lat: list[float] = []
+    served: list[dict[str, Any]] = []
+    for _ in range(args.repeats):
+        gen_times.append(run_generate(model, prompts[:b], n))
+        took, lats = run_engine(model, prompts[:b], n)
+        eng_times.append(took)
+        eng_lat.extend(lats)
+        if url is not None:
+            served.append(run_server_load(url, prompts, n, b,
+                                          total=max(args.server_waves * b, args.min_requests)))
+    g, e = statistics.median(gen_times), statistics.median(eng_times)
+    ceiling = {"tokens_per_s": b * n / g, "latency_ms": g * 1000}
+    rows = [
+        _row(kind, "generate", b, b * n / g, g * 1000, g * 1000, ceiling),
+        _row(kind, "engine", b, b * n / e, statistics.median(eng_lat) * 1000,
+             max(eng_lat) * 1000, ceiling),
+    ]  # fmt: skip
+    if args.hf_cb and not model.config.is_encoder_decoder:
+        try:
+            h = statistics.median(run_hf_cb(model, prompts[:b], n) for _ in range(args.repeats))
+            rows.append(_row(kind, "hf generate_batch", b, b * n / h, h * 1000, h * 1000, ceiling))
+        except Exception as exc:  # noqa: BLE001 - report, do not stop the run
+            rows.append({"model": kind, "mode": "hf generate_batch", "batch": b, "error": str(exc)[:200]})
+    line = f"  {kind} batch {b}: generate {b * n / g:.1f} tok/s, engine {b * n / e:.1f} tok/s"
+    if served:
+        mid = sorted(served, key=lambda r: r["tokens_per_s"])[len(served) // 2]
+        row = _row(kind, "server", b, mid["tokens_per_s"], mid["p50_ms"], mid["p99_ms"], ceiling)
+        row.update(requests=sum(r["requests"] for r in served),
+                   errors=sum(r["errors"] for r in served),
+                   exact_tokens=all(r["tokens_checked"] for r in served))
+        rows.append(row)
+        line += f", server {mid['tokens_per_s']:.1f} tok/s"
+    print(line, flush=True)
     return rows
 
 
@@ -338,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new_tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min_requests", type=int, default=4, help="server: fewest requests per level")
+    parser.add_argument("--server_waves", type=int, default=3,
+                        help="server: requests per round = waves x concurrency")
     parser.add_argument("--cache_dir", default=str(ROOT / ".cache" / "bench-models"))
     parser.add_argument("--no_server", action="store_true", help="skip the server runs")
     parser.add_argument("--hf_cb", action="store_true", help="also time transformers' generate_batch")
