@@ -77,3 +77,15 @@ def configure(level: str = "info", fmt: str = "text", *, worker: bool = False) -
         logger.handlers[:] = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def adopt_transformers_logging() -> None:
+    """Send ``transformers``' log records (its ``warning_once`` notices among them) through our
+    handler - our format, JSON included, with the request id - instead of its own stderr
+    handler. Imports transformers: call it where transformers is about to be used anyway."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except Exception:  # pragma: no cover - transformers missing or broken: nothing to adopt
+        return
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()

@@ -117,6 +117,11 @@ def test_unload_load_round_trip_and_listings_agree(client: httpx.Client) -> None
     assert scaler_ok(client)
     # loading a loaded model is a no-op 200
     assert client.post("/v2/repository/models/scaler/load").status_code == 200
+    # the unload (counted after the model left the registry) keeps its model label
+    metrics = client.get("/metrics").text
+    assert ('route="/v2/repository/models/{name}/unload"' in metrics
+            and any('model="scaler"' in line and "/unload" in line and 'code="200"' in line
+                    for line in metrics.splitlines()))
 
 
 def test_unload_drains_in_flight_then_fails_the_rest(

@@ -153,3 +153,22 @@ def test_worker_lines_are_json_and_name_the_request(server: ServerProcess,
     assert all(ln.startswith("{") for ln in text_lines), [
         ln for ln in text_lines if not ln.startswith("{")][:3]
     assert predict(client, "fine").status_code == 200
+
+
+def test_json_logs_of_a_hugging_face_model_are_all_json(tiny_gpt2_dir: str) -> None:
+    """transformers' own notices (``warning_once`` on the first generation, progress bars while
+    loading) go through our handler: with LOG_FORMAT=json every line, server's and worker's, is
+    a JSON object."""
+    env = {"LOG_FORMAT": "json", "STEADYSERVE_WORKER_LOG_LEVEL": "info"}
+    with ServerProcess("--model_dir", tiny_gpt2_dir, "--model_name", "gpt2", env=env) as srv, \
+            srv.client() as c:
+        for path in ("/v1/completions", "/v1/models/gpt2:predict"):
+            body = ({"model": "gpt2", "prompt": "hello", "max_tokens": 3} if "completions" in path
+                    else {"instances": ["hello"]})
+            assert c.post(path, json=body).status_code == 200
+        logs = srv.logs()
+    lines = [ln for ln in logs.splitlines() if ln.strip()]
+    assert any('"worker_pid"' in ln for ln in lines)
+    assert all(ln.startswith("{") for ln in lines), [ln for ln in lines if not ln.startswith("{")][:3]
+    for ln in lines:
+        json.loads(ln)

@@ -145,3 +145,42 @@ def test_explicit_load_survives_a_killed_worker(tmp_path: Path) -> None:
         assert result["r"].status_code == 200, result["r"].text
         assert srv.debug()["models"]["faulty"]["restarts"] >= 1
         assert predict(srv.url, "ok").json() == {"predictions": ["OK"]}
+
+
+def test_files_in_the_working_directory_do_not_shadow_packages_in_the_worker(
+        tmp_path: Path) -> None:
+    """A stray ``msgspec.py`` (or ``triton.py``...) in the directory the server starts from
+    must not be imported by the model worker in place of the installed package; a model class
+    given as ``module:Class`` is still found there."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.helpers import EXAMPLE, free_port
+
+    (tmp_path / "msgspec.py").write_text("raise RuntimeError('shadowed msgspec imported')\n")
+    shutil.copy(EXAMPLE.rpartition(":")[0], tmp_path / "my_scaler.py")
+    exe = Path(sys.executable).parent / "steadyserve"
+    for model_class in (FAULTY, "my_scaler:Scaler"):
+        port = free_port()
+        proc = subprocess.Popen(
+            [str(exe), "serve", "--host", "127.0.0.1", "--http_port", str(port),
+             "--model_class", model_class, "--model_name", "m"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for(lambda u=url: _ready(u), timeout=60)
+            body = {"instances": [[1.0]]} if "Scaler" in model_class else {"instances": ["ok"]}
+            r = httpx.post(f"{url}/v1/models/m:predict", json=body, timeout=10)
+            assert r.status_code == 200, r.text
+        finally:
+            proc.terminate()
+            out = proc.communicate(timeout=30)[0].decode(errors="replace")
+        assert "shadowed msgspec" not in out
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -159,6 +159,9 @@ class WorkerSupervisor:
         try:
             env = dict(os.environ)
             env.setdefault("TOKENIZERS_PARALLELISM", "false")
+            # `-m` would put the current directory first on the worker's sys.path: a file there
+            # (triton.py, say) would shadow an installed package inside the model's process
+            env["PYTHONSAFEPATH"] = "1"
             env.setdefault("STEADYSERVE_WORKER_LOG_LEVEL", self.config.log_level)
             env["STEADYSERVE_WORKER_LOG_FORMAT"] = self.config.log_format
             proc = await asyncio.create_subprocess_exec(

@@ -7,6 +7,7 @@ scheduler until the server says ``Shutdown`` or closes the socket. Model code on
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -42,7 +43,17 @@ def load_class(ref: str) -> type[Model]:
         sys.path.insert(0, str(path.parent))
         spec.loader.exec_module(module)
     else:
-        module = importlib.import_module(target)
+        # The worker runs with a safe sys.path (no current directory in front: a stray
+        # ``triton.py`` there must not replace an installed package). A module given by name
+        # may still live in the directory the server was started from: look there last, and
+        # for this import only.
+        cwd = os.getcwd()
+        sys.path.append(cwd)
+        try:
+            module = importlib.import_module(target)
+        finally:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(cwd)
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ImportError(f"{target} has no attribute {class_name}")
@@ -121,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         channel.send(LoadFailed(message="protocol error: expected Load"))
         return 3
     spec = first.spec
+    if spec.kind in ("huggingface", "demo"):
+        from steadyserve.logs import adopt_transformers_logging
+
+        adopt_transformers_logging()
     loop = asyncio.new_event_loop()
     try:
         _set_limits(spec)

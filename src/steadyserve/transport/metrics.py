@@ -160,8 +160,10 @@ class Metrics:
 
     # ---- the API for routes ---------------------------------------------------------------
     def model_label(self, name: str | None) -> str:
-        """``name`` if the registry knows it, else ``""`` (bounded label cardinality)."""
-        if name and (self.models.has(name) or name in self.models.known()):
+        """``name`` if the registry knows it (loaded, to be loaded, or unloaded), else ``""``
+        (bounded label cardinality: a client cannot invent label values)."""
+        if name and (self.models.has(name) or name in self.models.known()
+                     or name in self.models.unloaded()):
             return name
         return ""
 

@@ -87,6 +87,9 @@ def preload_tokenizer_library() -> threading.Thread:
                 import transformers  # noqa: F401
 
                 _ = transformers.AutoTokenizer
+                from steadyserve.logs import adopt_transformers_logging
+
+                adopt_transformers_logging()
             except Exception:  # pragma: no cover - reported when a tokenizer is loaded
                 log.exception("could not import transformers")
 
