@@ -216,6 +216,7 @@ class DecompressMiddleware:
                 415, f"Content-Encoding {shown!r} is not supported (use gzip, deflate or none)")
             await error_response(Request(scope), exc)(scope, receive, send)
             return
+        label = (encoding or b"").decode("latin-1")
         decoder = zlib.decompressobj(wbits)
         produced = 0
         limit = self.max_bytes
@@ -235,7 +236,7 @@ class DecompressMiddleware:
                     data = decoder.unconsumed_tail
             except zlib.error as exc:
                 raise StarletteHTTPException(
-                    400, f"request body is not valid {encoding.decode()} data: {exc}"  # type: ignore[union-attr]
+                    400, f"request body is not valid {label} data: {exc}"
                 ) from None
             return b"".join(out)
 
@@ -246,7 +247,7 @@ class DecompressMiddleware:
             body = expand(message.get("body", b""))
             if not message.get("more_body", False) and not decoder.eof:
                 raise StarletteHTTPException(
-                    400, f"request body is truncated {encoding.decode()} data")  # type: ignore[union-attr]
+                    400, f"request body is truncated {label} data")
             return {**message, "body": body}
 
         # in place, not a copy: the outer middleware reads what the router writes into the
