@@ -67,15 +67,25 @@ def ceiling(model_dir: str, iters: int = 20) -> list[dict[str, Any]]:
             for _ in range(iters):
                 model(**tok(texts, return_tensors="pt", padding=True))
             took = time.perf_counter() - t0
-        rows.append({"batch": batch, "sentences_per_s": round(batch * iters / took, 1),
-                     "ms_per_batch": round(took / iters * 1000, 2)})
+        rows.append(
+            {
+                "batch": batch,
+                "sentences_per_s": round(batch * iters / took, 1),
+                "ms_per_batch": round(took / iters * 1000, 2),
+            }
+        )
     return rows
 
 
 async def drive(url: str, total: int) -> list[dict[str, Any]]:
     # warm-up (first forward passes pick kernels, the first connections are opened)
-    await run_load(url, lambda i: {"instances": [SENTENCES[i % len(SENTENCES)]]},
-                   concurrency=8, total=32, duration_s=30)
+    await run_load(
+        url,
+        lambda i: {"instances": [SENTENCES[i % len(SENTENCES)]]},
+        concurrency=8,
+        total=32,
+        duration_s=30,
+    )
     rows = []
     for concurrency in (1, 8, 32):
         result = await run_load(
@@ -94,10 +104,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--wait_ms", type=float, nargs="+", default=[5.0],
-                        help="--max_batch_wait_ms values to compare (default: 5, the server's)")
-    parser.add_argument("--server_args", default="",
-                        help="extra serve flags for every run, e.g. '--torch_threads 1'")
+    parser.add_argument(
+        "--wait_ms",
+        type=float,
+        nargs="+",
+        default=[5.0],
+        help="--max_batch_wait_ms values to compare (default: 5, the server's)",
+    )
+    parser.add_argument(
+        "--server_args",
+        default="",
+        help="extra serve flags for every run, e.g. '--torch_threads 1'",
+    )
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "steadyserve-bench"))
     args = parser.parse_args()
     cache = Path(args.cache)
@@ -108,12 +126,22 @@ def main() -> None:
     print_table("in-process ceiling (no server)", results["ceiling"])
     configs = [("no batching (max_batch_size=1)", ["--max_batch_size", "1"])]
     for wait in args.wait_ms:
-        configs.append((f"dynamic batching (max 32, wait {wait:g} ms)",
-                        ["--max_batch_size", "32", "--max_batch_wait_ms", str(wait)]))
+        configs.append(
+            (
+                f"dynamic batching (max 32, wait {wait:g} ms)",
+                ["--max_batch_size", "32", "--max_batch_wait_ms", str(wait)],
+            )
+        )
     for label, extra in configs:
-        with ServerProcess("--model_dir", model_dir, "--model_name", "bert", *extra,
-                           *args.server_args.split(),
-                           ready_timeout=180) as srv:
+        with ServerProcess(
+            "--model_dir",
+            model_dir,
+            "--model_name",
+            "bert",
+            *extra,
+            *args.server_args.split(),
+            ready_timeout=180,
+        ) as srv:
             rows = asyncio.run(drive(f"{srv.url}/v1/models/bert:predict", args.requests))
         results[label] = rows
         print_table(label, rows)

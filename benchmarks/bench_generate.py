@@ -284,8 +284,14 @@ def bench_model(kind: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def _bench_level(kind: str, model: Any, prompts: list[list[int]], b: int,
-                 args: argparse.Namespace, url: str | None) -> list[dict[str, Any]]:
+def _bench_level(
+    kind: str,
+    model: Any,
+    prompts: list[list[int]],
+    b: int,
+    args: argparse.Namespace,
+    url: str | None,
+) -> list[dict[str, Any]]:
     """One batch size: ceiling, engine and server runs *interleaved* (``--repeats`` rounds,
     medians kept), so that drift in what the machine gives us hits all three alike. The server's
     worker idles while the in-process runs go (the model has the machine to itself)."""
@@ -300,8 +306,11 @@ def _bench_level(kind: str, model: Any, prompts: list[list[int]], b: int,
         eng_times.append(took)
         eng_lat.extend(lats)
         if url is not None:
-            served.append(run_server_load(url, prompts, n, b,
-                                          total=max(args.server_waves * b, args.min_requests)))
+            served.append(
+                run_server_load(
+                    url, prompts, n, b, total=max(args.server_waves * b, args.min_requests)
+                )
+            )
     g, e = statistics.median(gen_times), statistics.median(eng_times)
     ceiling = {"tokens_per_s": b * n / g, "latency_ms": g * 1000}
     rows = [
@@ -314,14 +323,18 @@ def _bench_level(kind: str, model: Any, prompts: list[list[int]], b: int,
             h = statistics.median(run_hf_cb(model, prompts[:b], n) for _ in range(args.repeats))
             rows.append(_row(kind, "hf generate_batch", b, b * n / h, h * 1000, h * 1000, ceiling))
         except Exception as exc:  # noqa: BLE001 - report, do not stop the run
-            rows.append({"model": kind, "mode": "hf generate_batch", "batch": b, "error": str(exc)[:200]})
+            rows.append(
+                {"model": kind, "mode": "hf generate_batch", "batch": b, "error": str(exc)[:200]}
+            )
     line = f"  {kind} batch {b}: generate {b * n / g:.1f} tok/s, engine {b * n / e:.1f} tok/s"
     if served:
         mid = sorted(served, key=lambda r: r["tokens_per_s"])[len(served) // 2]
         row = _row(kind, "server", b, mid["tokens_per_s"], mid["p50_ms"], mid["p99_ms"], ceiling)
-        row.update(requests=sum(r["requests"] for r in served),
-                   errors=sum(r["errors"] for r in served),
-                   exact_tokens=all(r["tokens_checked"] for r in served))
+        row.update(
+            requests=sum(r["requests"] for r in served),
+            errors=sum(r["errors"] for r in served),
+            exact_tokens=all(r["tokens_checked"] for r in served),
+        )
         rows.append(row)
         line += f", server {mid['tokens_per_s']:.1f} tok/s"
     print(line, flush=True)
@@ -359,12 +372,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--new_tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--min_requests", type=int, default=4, help="server: fewest requests per level")
-    parser.add_argument("--server_waves", type=int, default=3,
-                        help="server: requests per round = waves x concurrency")
+    parser.add_argument(
+        "--min_requests", type=int, default=4, help="server: fewest requests per level"
+    )
+    parser.add_argument(
+        "--server_waves",
+        type=int,
+        default=3,
+        help="server: requests per round = waves x concurrency",
+    )
     parser.add_argument("--cache_dir", default=str(ROOT / ".cache" / "bench-models"))
     parser.add_argument("--no_server", action="store_true", help="skip the server runs")
-    parser.add_argument("--hf_cb", action="store_true", help="also time transformers' generate_batch")
+    parser.add_argument(
+        "--hf_cb", action="store_true", help="also time transformers' generate_batch"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.loadgen import print_table  # noqa: E402
 from tests.helpers import ServerProcess  # noqa: E402
 
-MODEL = '''
+MODEL = """
 import numpy as np
 import steadyserve
 from steadyserve import TensorSpec
@@ -49,14 +49,15 @@ class Doubler(steadyserve.Model):
     def infer(self, request):
         x = request.inputs[0].to_numpy()
         return InferResponse(model_name=self.name, outputs=[tensor_from_numpy("y", x * 2)])
-'''
+"""
 
 SIZES = {"small (1x4 FP32)": (1, 4), "1 MB (1x262144 FP32)": (1, 262_144)}
 LARGE = "1 MB (1x262144 FP32)"
 
 
-def summarize(name: str, size: str, concurrency: int, latencies: list[float],
-              errors: int, elapsed: float) -> dict[str, Any]:
+def summarize(
+    name: str, size: str, concurrency: int, latencies: list[float], errors: int, elapsed: float
+) -> dict[str, Any]:
     data = sorted(latencies)
     p99 = data[min(len(data) - 1, int(0.99 * len(data)))] if data else float("nan")
     return {
@@ -71,8 +72,9 @@ def summarize(name: str, size: str, concurrency: int, latencies: list[float],
     }
 
 
-async def closed_loop(send: Callable[[], Awaitable[None]], concurrency: int,
-                      total: int) -> tuple[list[float], int, float]:
+async def closed_loop(
+    send: Callable[[], Awaitable[None]], concurrency: int, total: int
+) -> tuple[list[float], int, float]:
     latencies: list[float] = []
     errors = 0
     counter = iter(range(total))
@@ -99,8 +101,18 @@ def check(out: np.ndarray, x: np.ndarray) -> None:
 
 
 def rest_json_sender(client: Any, url: str, x: np.ndarray) -> Callable[[], Awaitable[None]]:
-    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
-                                   "data": x.reshape(-1).tolist()}]}).encode()
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "data": x.reshape(-1).tolist(),
+                }
+            ]
+        }
+    ).encode()
 
     async def send() -> None:
         r = await client.post(url, content=body, headers={"content-type": "application/json"})
@@ -112,14 +124,24 @@ def rest_json_sender(client: Any, url: str, x: np.ndarray) -> Callable[[], Await
 
 
 def rest_binary_sender(client: Any, url: str, x: np.ndarray) -> Callable[[], Awaitable[None]]:
-    header = json.dumps({
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
-                    "parameters": {"binary_data_size": x.nbytes}}],
-        "parameters": {"binary_data_output": True},
-    }).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     body = header + x.tobytes()
-    headers = {"content-type": "application/octet-stream",
-               "inference-header-content-length": str(len(header))}
+    headers = {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
 
     async def send() -> None:
         r = await client.post(url, content=body, headers=headers)
@@ -146,8 +168,9 @@ def grpc_sender(stub: Any, x: np.ndarray) -> Callable[[], Awaitable[None]]:
     return send
 
 
-async def bench(srv: ServerProcess, small: int, large: int,
-                levels: list[int]) -> list[dict[str, Any]]:
+async def bench(
+    srv: ServerProcess, small: int, large: int, levels: list[int]
+) -> list[dict[str, Any]]:
     import grpc
     import httpx
 
@@ -155,16 +178,19 @@ async def bench(srv: ServerProcess, small: int, large: int,
 
     rows: list[dict[str, Any]] = []
     url = f"{srv.url}/v2/models/doubler/infer"
-    options = [("grpc.max_send_message_length", 64 << 20),
-               ("grpc.max_receive_message_length", 64 << 20)]
+    options = [
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_receive_message_length", 64 << 20),
+    ]
     for size, shape in SIZES.items():
         requests = large if size == LARGE else small
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         for concurrency in levels:
             limits = httpx.Limits(max_connections=concurrency)
-            async with httpx.AsyncClient(timeout=120, limits=limits) as client, \
-                    grpc.aio.insecure_channel(f"127.0.0.1:{srv.grpc_port}",
-                                              options=options) as channel:
+            async with (
+                httpx.AsyncClient(timeout=120, limits=limits) as client,
+                grpc.aio.insecure_channel(f"127.0.0.1:{srv.grpc_port}", options=options) as channel,
+            ):
                 senders = {
                     "REST JSON": rest_json_sender(client, url, x),
                     "REST binary": rest_binary_sender(client, url, x),
@@ -187,11 +213,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "doubler.py"
         model.write_text(MODEL, encoding="utf-8")
-        with ServerProcess("--model_class", f"{model}:Doubler", "--model_name", "doubler",
-                           "--log_level", "warning", grpc=True) as srv:
-            rows = asyncio.run(
-                bench(srv, args.requests, args.large_requests, args.concurrency)
-            )
+        with ServerProcess(
+            "--model_class",
+            f"{model}:Doubler",
+            "--model_name",
+            "doubler",
+            "--log_level",
+            "warning",
+            grpc=True,
+        ) as srv:
+            rows = asyncio.run(bench(srv, args.requests, args.large_requests, args.concurrency))
     print_table("V2 transports (loopback, one server process + one model worker)", rows)
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2), encoding="utf-8")

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 echo "== ruff"
+.venv/bin/ruff format --check src tests benchmarks examples scripts
 .venv/bin/ruff check src tests benchmarks examples scripts
 echo "== mypy"
 .venv/bin/mypy

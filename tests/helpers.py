@@ -57,14 +57,24 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         cmd = [
-            sys.executable, "-m", "steadyserve", "serve",
-            "--host", "127.0.0.1", "--http_port", str(self.port),
+            sys.executable,
+            "-m",
+            "steadyserve",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--http_port",
+            str(self.port),
             *self.args,
         ]
         if self.grpc_port is not None:
             cmd += ["--grpc_port", str(self.grpc_port), "--enable_grpc"]
         self.proc = subprocess.Popen(
-            cmd, stdout=self.log, stderr=subprocess.STDOUT, env=self.env, cwd=str(ROOT),
+            cmd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=str(ROOT),
             start_new_session=self.new_session,
         )
         if self.wait_ready:
@@ -114,18 +124,31 @@ class ServerProcess:
 
 #: server env vars that must not leak from the developer's shell into tests
 _SERVER_ENV = {
-    "PROTOCOL_VERSION", "STORAGE_URI", "MODEL_NAME", "MODEL_ID", "MODEL_CLASS",
-    "STEADYSERVE_API_KEY", "STEADYSERVE_API_KEY_FILE", "HTTP_PORT", "GRPC_PORT",
+    "PROTOCOL_VERSION",
+    "STORAGE_URI",
+    "MODEL_NAME",
+    "MODEL_ID",
+    "MODEL_CLASS",
+    "STEADYSERVE_API_KEY",
+    "STEADYSERVE_API_KEY_FILE",
+    "HTTP_PORT",
+    "GRPC_PORT",
 }
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run ``steadyserve`` to completion (for start-up failures)."""
     full_env = {k: v for k, v in os.environ.items() if k not in _SERVER_ENV}
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "steadyserve", *args],
-        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=str(ROOT),
     )
 
 

@@ -50,8 +50,7 @@ KSERVE_NO_EFFECT: dict[str, tuple[Any, str]] = {
     "disable_special_tokens": ("bool", "the tokenizer's own configuration is used"),
     "return_token_type_ids": ("bool", "inputs are tokenized by the runtime"),
     "tensor_input_names": (str, "inputs are tokenized by the runtime"),
-    "return_probabilities": (
-        "bool", "ask per request: parameters {\"return_all_scores\": true}"),
+    "return_probabilities": ("bool", 'ask per request: parameters {"return_all_scores": true}'),
 }
 
 
@@ -65,7 +64,9 @@ def _parse_bool(raw: str) -> bool:
 
 
 def _is_bool(annotation: Any) -> bool:
-    return annotation is bool or (get_origin(annotation) is not None and bool in get_args(annotation))
+    return annotation is bool or (
+        get_origin(annotation) is not None and bool in get_args(annotation)
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,10 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (kind, why) in KSERVE_NO_EFFECT.items():
         extra: dict[str, Any] = (
             {"nargs": "?", "const": True, "type": _parse_bool, "metavar": "BOOL"}
-            if kind == "bool" else {"type": kind, "metavar": name.upper()}
+            if kind == "bool"
+            else {"type": kind, "metavar": name.upper()}
         )
-        compat.add_argument(f"--{name}", dest=f"kserve_{name}", default=None,
-                            help=f"no effect: {why}".replace("%", "%%"), **extra)
+        compat.add_argument(
+            f"--{name}",
+            dest=f"kserve_{name}",
+            default=None,
+            help=f"no effect: {why}".replace("%", "%%"),
+            **extra,
+        )
     serve.epilog = (
         "Environment only: STEADYSERVE_API_KEY (API keys, comma-separated). "
         "Per request: X-Request-Timeout header (seconds)."
@@ -171,13 +178,27 @@ def model_specs(settings: Settings) -> list[Any]:
             raise ConfigError(f"invalid --model_class={settings.model_class!r}: {target} not found")
         model_dir = resolve_model_dir(settings)
         name = settings.model_name or "model"
-        return [ModelSpec(name=name, kind="custom", model_class=settings.model_class,
-                          model_dir=model_dir, **common)]
+        return [
+            ModelSpec(
+                name=name,
+                kind="custom",
+                model_class=settings.model_class,
+                model_dir=model_dir,
+                **common,
+            )
+        ]
     if settings.model_id is not None:
         name = settings.model_name or settings.model_id.rsplit("/", 1)[-1]
-        return [ModelSpec(name=name, kind="huggingface", model_id=settings.model_id,
-                          revision=settings.model_revision,
-                          tokenizer_revision=settings.tokenizer_revision, **common)]
+        return [
+            ModelSpec(
+                name=name,
+                kind="huggingface",
+                model_id=settings.model_id,
+                revision=settings.model_revision,
+                tokenizer_revision=settings.tokenizer_revision,
+                **common,
+            )
+        ]
     model_dir = resolve_model_dir(settings)
     if model_dir is None:
         from steadyserve.runtimes.huggingface.tiny import ensure_demo_model
@@ -224,8 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     values = vars(args)
     flags = {k: v for k, v in values.items() if k != "command" and not k.startswith("kserve_")}
-    ignored = {k[len("kserve_"):]: v for k, v in values.items()
-               if k.startswith("kserve_") and v is not None}
+    ignored = {
+        k[len("kserve_") :]: v
+        for k, v in values.items()
+        if k.startswith("kserve_") and v is not None
+    }
     try:
         settings = build_settings(flags)
         setup_logging(settings)
@@ -237,8 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     from steadyserve.server import run
 
     for name, value in ignored.items():
-        log.warning("--%s=%s is accepted for KServe compatibility and has no effect: %s",
-                    name, value, KSERVE_NO_EFFECT[name][1])
+        log.warning(
+            "--%s=%s is accepted for KServe compatibility and has no effect: %s",
+            name,
+            value,
+            KSERVE_NO_EFFECT[name][1],
+        )
     log.info("effective configuration: %s", settings.redacted())
     return run(settings, specs)
 

@@ -66,8 +66,11 @@ def configure(level: str = "info", fmt: str = "text", *, worker: bool = False) -
             handler.addFilter(_worker_pid)
     else:
         where = f"[worker {os.getpid()}] " if worker else ""
-        handler.setFormatter(logging.Formatter(
-            f"%(asctime)s %(levelname)s {where}%(name)s [%(request_id)s] %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(
+                f"%(asctime)s %(levelname)s {where}%(name)s [%(request_id)s] %(message)s"
+            )
+        )
     logging.captureWarnings(True)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -59,8 +59,11 @@ def scan_repository(root: str, common: dict[str, Any]) -> list[ModelSpec]:
         if not os.path.isdir(path) or entry.startswith("."):
             continue
         if not _NAME.fullmatch(entry):
-            log.warning("skipping %r in the model repository: not a valid model name "
-                        "(letters, digits, '.', '_', '-')", entry)
+            log.warning(
+                "skipping %r in the model repository: not a valid model name "
+                "(letters, digits, '.', '_', '-')",
+                entry,
+            )
             continue
         specs.append(spec_for_dir(entry, path, common))
     return specs

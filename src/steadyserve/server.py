@@ -77,8 +77,9 @@ class DrainingServer(uvicorn.Server):
         for engine in self.ctx.registry.engines():
             left += engine.in_flight
             engine.fail_in_flight(
-                ServiceUnavailable(f"model {engine.name}: the server is shutting down",
-                                   retry_after=5)
+                ServiceUnavailable(
+                    f"model {engine.name}: the server is shutting down", retry_after=5
+                )
             )
         if left:
             log.warning("ended %d request(s) still in flight with 503", left)

@@ -75,13 +75,15 @@ class Settings(BaseModel):
         None, max_length=256, description="Hub revision (branch, tag or commit) of --model_id."
     )
     tokenizer_revision: str | None = Field(
-        None, max_length=256, description="Hub revision of the tokenizer (default: "
-        "--model_revision)."
+        None,
+        max_length=256,
+        description="Hub revision of the tokenizer (default: --model_revision).",
     )
     backend: Literal["auto", "huggingface"] = Field(
-        "auto", description="KServe's huggingfaceserver backend. steadyserve runs every model "
+        "auto",
+        description="KServe's huggingfaceserver backend. steadyserve runs every model "
         "on its own engine (transformers + continuous batching): auto and huggingface both mean "
-        "that; vllm and triton are refused."
+        "that; vllm and triton are refused.",
     )
     model_class: str | None = Field(
         None,
@@ -111,24 +113,31 @@ class Settings(BaseModel):
         32, ge=1, le=4096, description="Most sequences in the running generation batch."
     )
     max_queue_size: int = Field(
-        256, ge=1, le=1_000_000, description="Requests admitted per model (in flight + queued); "
-        "beyond it: 429."
+        256,
+        ge=1,
+        le=1_000_000,
+        description="Requests admitted per model (in flight + queued); beyond it: 429.",
     )
     max_queue_tokens: int = Field(
-        1_048_576, ge=1, description="Prompt + max_tokens admitted per model for generation; "
-        "beyond it: 429."
+        1_048_576,
+        ge=1,
+        description="Prompt + max_tokens admitted per model for generation; beyond it: 429.",
     )
     request_timeout_s: float = Field(
-        600.0, gt=0, description="Default request deadline (504 past it); a request may ask for "
-        "less with the X-Request-Timeout header (seconds) or a gRPC deadline."
+        600.0,
+        gt=0,
+        description="Default request deadline (504 past it); a request may ask for "
+        "less with the X-Request-Timeout header (seconds) or a gRPC deadline.",
     )
     worker_load_timeout_s: float = Field(
         900.0, gt=0, description="Longest a worker may take to load its model."
     )
     worker_hang_timeout_s: float = Field(
-        60.0, gt=0, description="A worker silent this long (no progress, no heartbeat) is killed "
+        60.0,
+        gt=0,
+        description="A worker silent this long (no progress, no heartbeat) is killed "
         "and restarted; its requests fail with 503. A predict batch of N rows may run N times "
-        "this long."
+        "this long.",
     )
     max_consecutive_crashes: int = Field(
         5, ge=1, description="After this many worker crashes in a row, liveness fails."
@@ -165,11 +174,14 @@ class Settings(BaseModel):
     )
 
     # ---- logging -------------------------------------------------------------------------
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
     log_format: Literal["text", "json"] = Field("text", description="Log format.")
     log_prompts: bool = Field(
-        False, description="Log each OpenAI request's prompt, cut to 500 characters, with its "
-        "request id. Off by default: prompts are not logged."
+        False,
+        description="Log each OpenAI request's prompt, cut to 500 characters, with its "
+        "request id. Off by default: prompts are not logged.",
     )
 
     @field_validator("dtype", mode="before")
@@ -268,9 +280,7 @@ def _source_name(field: str, from_env: set[str]) -> str:
     return f"--{field}"
 
 
-def build_settings(
-    flags: Mapping[str, Any], environ: Mapping[str, str] | None = None
-) -> Settings:
+def build_settings(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """Merge flags > env > defaults and validate. Raises :class:`ConfigError` (one line)."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -334,8 +344,9 @@ def check_ports(settings: Settings) -> None:
         raise ConfigError(f"invalid --grpc_port={settings.grpc_port}: the same as --http_port")
     for flag, port in ports:
         try:
-            infos = socket.getaddrinfo(settings.host or None, port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)
+            infos = socket.getaddrinfo(
+                settings.host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
         except OSError as exc:
             raise ConfigError(f"invalid --host={settings.host!r}: {exc}") from None
         family, kind, proto, _, address = infos[0]

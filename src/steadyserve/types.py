@@ -77,7 +77,8 @@ def tensor_from_numpy(
     data: bytes | list[bytes]
     if datatype == "BYTES":
         data = [
-            v if isinstance(v, bytes) else str(v).encode("utf-8") for v in array.reshape(-1).tolist()
+            v if isinstance(v, bytes) else str(v).encode("utf-8")
+            for v in array.reshape(-1).tolist()
         ]
     else:
         data = np.ascontiguousarray(array, dtype=V2_TO_NUMPY[datatype]).tobytes()

@@ -34,7 +34,10 @@ def report() -> Iterator[dict[str, Any]]:
         target = {"http": srv.url, "grpc": f"127.0.0.1:{srv.grpc_port}", "model": "scaler"}
         done = subprocess.run(
             [sys.executable, str(CLIENT)],
-            input=json.dumps(target), capture_output=True, text=True, timeout=120,
+            input=json.dumps(target),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert done.returncode == 0, done.stderr[-3000:]
         yield json.loads(done.stdout)

@@ -15,21 +15,30 @@ pytestmark = pytest.mark.timeout(400)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_t5_dir: str, tiny_llama_dir: str,
-           tiny_bert_embed_dir: str) -> Iterator[ServerProcess]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_t5_dir: str,
+    tiny_llama_dir: str,
+    tiny_bert_embed_dir: str,
+) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("openai-e2e")
-    for name, path in (("t5", tiny_t5_dir), ("llama", tiny_llama_dir),
-                       ("bert", tiny_bert_embed_dir)):
+    for name, path in (
+        ("t5", tiny_t5_dir),
+        ("llama", tiny_llama_dir),
+        ("bert", tiny_bert_embed_dir),
+    ):
         os.symlink(path, repo / name)
-    with ServerProcess("--model_repository", str(repo), "--allow_request_chat_template",
-                       ready_timeout=300) as srv:
+    with ServerProcess(
+        "--model_repository", str(repo), "--allow_request_chat_template", ready_timeout=300
+    ) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{server.url}/openai/v1", api_key="x", max_retries=0,
-                       timeout=60) as c:
+    with openai.OpenAI(
+        base_url=f"{server.url}/openai/v1", api_key="x", max_retries=0, timeout=60
+    ) as c:
         yield c
 
 
@@ -44,8 +53,13 @@ def test_completions(client: openai.OpenAI) -> None:
     out = client.completions.create(model="t5", prompt="The house is wonderful.", max_tokens=3)
     assert out.object == "text_completion" and len(out.choices) == 1
     assert out.usage is not None and out.usage.completion_tokens <= 3
-    stream = client.completions.create(model="llama", prompt="Hello", max_tokens=3, stream=True,
-                                       stream_options={"include_usage": True})
+    stream = client.completions.create(
+        model="llama",
+        prompt="Hello",
+        max_tokens=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 3
     assert chunks[-2].choices[0].finish_reason in ("length", "stop")
@@ -53,12 +67,19 @@ def test_completions(client: openai.OpenAI) -> None:
 
 def test_chat(client: openai.OpenAI) -> None:
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
-    out = client.chat.completions.create(model="llama", messages=messages,  # type: ignore[arg-type]
-                                         max_tokens=4)
+    out = client.chat.completions.create(
+        model="llama",
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=4,
+    )
     assert out.choices[0].message.role == "assistant"
     assert out.choices[0].finish_reason in ("length", "stop")
-    stream = client.chat.completions.create(model="llama", messages=messages,  # type: ignore[arg-type]
-                                            max_tokens=4, stream=True)
+    stream = client.chat.completions.create(
+        model="llama",
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=4,
+        stream=True,
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices[0].finish_reason in ("length", "stop")
@@ -67,13 +88,17 @@ def test_chat(client: openai.OpenAI) -> None:
 def test_chat_with_request_template(client: openai.OpenAI) -> None:
     template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
     out = client.chat.completions.create(
-        model="llama", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+        model="llama",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=2,
         extra_body={"chat_template": template},
     )
     assert out.usage is not None and out.usage.prompt_tokens > 2
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
-            model="llama", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+            model="llama",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=2,
             extra_body={"chat_template": "{{ messages.__class__.__mro__ }}"},
         )
     assert info.value.status_code == 400
@@ -88,8 +113,7 @@ def test_embeddings(client: openai.OpenAI) -> None:
     assert b64.data[0].embedding
 
 
-def test_chat_on_t5_raises_bad_request_and_the_next_completion_works(
-        client: openai.OpenAI) -> None:
+def test_chat_on_t5_raises_bad_request_and_the_next_completion_works(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="t5", messages=[{"role": "user", "content": "hi"}])
     assert info.value.status_code == 400

@@ -30,8 +30,16 @@ def server(
     repo = make_repository(tmp_path_factory.mktemp("repo"))
     os.symlink(tiny_bert_cls_dir, repo / "bert")
     os.symlink(tiny_gpt2_dir, repo / "gpt2")
-    with ServerProcess("--model_repository", str(repo), "--graceful_shutdown_s", "1",
-                       "--max_batch_wait_ms", "1", grpc=True, ready_timeout=150) as srv:
+    with ServerProcess(
+        "--model_repository",
+        str(repo),
+        "--graceful_shutdown_s",
+        "1",
+        "--max_batch_wait_ms",
+        "1",
+        grpc=True,
+        ready_timeout=150,
+    ) as srv:
         yield srv
 
 
@@ -87,7 +95,9 @@ def test_http_infer_json_and_binary(http: Any, binary_in: bool, binary_out: bool
 
 def test_http_bytes_binary(http: Any) -> None:
     tensor = httpclient.InferInput("text", [2], "BYTES")
-    tensor.set_data_from_numpy(np.array([b"ab", "c\u00e9".encode()], dtype=object), binary_data=True)
+    tensor.set_data_from_numpy(
+        np.array([b"ab", "c\u00e9".encode()], dtype=object), binary_data=True
+    )
     result = http.infer("faulty", [tensor])
     out = result.as_numpy("output-0")
     assert [v.decode() if isinstance(v, bytes) else v for v in out.tolist()] == ["AB", "C\u00c9"]
@@ -128,7 +138,9 @@ def test_versions_and_class_count(http: Any, grpc_client: Any) -> None:
         http.infer("scaler", [tensor], outputs=outputs)
     assert info.value.status() == "400" and "classification" in info.value.message()
     with pytest.raises(InferenceServerException) as info:
-        grpc_client.infer("scaler", [gtensor], outputs=[grpcclient.InferRequestedOutput("y", class_count=2)])
+        grpc_client.infer(
+            "scaler", [gtensor], outputs=[grpcclient.InferRequestedOutput("y", class_count=2)]
+        )
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "classification" in info.value.message()
     assert grpc_infer(grpc_client).tolist() == (X * 2).tolist()
@@ -219,8 +231,9 @@ def test_grpc_hf_classifier_and_generator(grpc_client: Any) -> None:
     result = grpc_client.infer("bert", [texts(grpcclient, ["good", "bad"])])
     labels = decoded(result.as_numpy("label"))
     assert len(labels) == 2 and set(labels) <= {"negative", "positive"}
-    result = grpc_client.infer("gpt2", [texts(grpcclient, ["hello"])],
-                               parameters={"max_new_tokens": 3})
+    result = grpc_client.infer(
+        "gpt2", [texts(grpcclient, ["hello"])], parameters={"max_new_tokens": 3}
+    )
     out = decoded(result.as_numpy("text"))
     assert len(out) == 1 and isinstance(out[0], str)
     with pytest.raises(InferenceServerException) as info:
@@ -230,8 +243,18 @@ def test_grpc_hf_classifier_and_generator(grpc_client: Any) -> None:
 
 
 def _binary(size: int, data: bytes, header_length: str | None = None) -> dict[str, Any]:
-    header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2],
-                                     "parameters": {"binary_data_size": size}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [1, 2],
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    ).encode()
     length = str(len(header)) if header_length is None else header_length
     return {"content": header + data, "headers": {"Inference-Header-Content-Length": length}}
 
@@ -256,8 +279,11 @@ def test_rest_binary_errors_then_good(
     r = httpx.post(f"{server.url}/v2/models/scaler/infer", timeout=30, **kwargs)
     assert r.status_code == 400, r.text
     assert needle in r.json()["error"]
-    good = httpx.post(f"{server.url}/v2/models/scaler/infer", timeout=30,
-                      **_binary(8, np.array([1, 2], dtype="<f4").tobytes()))
+    good = httpx.post(
+        f"{server.url}/v2/models/scaler/infer",
+        timeout=30,
+        **_binary(8, np.array([1, 2], dtype="<f4").tobytes()),
+    )
     assert good.status_code == 200 and good.json()["outputs"][0]["data"] == [2.0, 4.0]
     assert http_infer(http, True, True).tolist() == (X * 2).tolist()
 
@@ -269,6 +295,10 @@ def test_http_compressed_requests_and_responses(http: Any, algorithm: str) -> No
     for binary in (True, False):
         tensor = httpclient.InferInput("x", list(X.shape), "FP32")
         tensor.set_data_from_numpy(X, binary_data=binary)
-        result = http.infer("scaler", [tensor], request_compression_algorithm=algorithm,
-                            response_compression_algorithm=algorithm)
+        result = http.infer(
+            "scaler",
+            [tensor],
+            request_compression_algorithm=algorithm,
+            response_compression_algorithm=algorithm,
+        )
         np.testing.assert_allclose(result.as_numpy("y"), X * 2)

@@ -83,7 +83,9 @@ def client(server: ServerProcess) -> Iterator[httpx.Client]:
         yield c
 
 
-def call(client: httpx.Client, method: str, template: str, headers: dict[str, str]) -> httpx.Response:
+def call(
+    client: httpx.Client, method: str, template: str, headers: dict[str, str]
+) -> httpx.Response:
     body = BODIES.get(template, {}) if method in ("POST", "PUT") else None
     return client.request(method, concrete(template), json=body, headers=headers)
 
@@ -96,14 +98,22 @@ def test_route_table_is_walked() -> None:
 
 @pytest.mark.parametrize(("method", "template"), PROTECTED)
 def test_protected_route(client: httpx.Client, method: str, template: str) -> None:
-    for headers in ({}, WRONG, {"Authorization": "key-two"}, {"Authorization": "Basic a2V5LXR3bw=="}):
+    for headers in (
+        {},
+        WRONG,
+        {"Authorization": "key-two"},
+        {"Authorization": "Basic a2V5LXR3bw=="},
+    ):
         r = call(client, method, template, headers)
         assert r.status_code == 401, (method, template, headers, r.text)
         assert r.headers["www-authenticate"] == "Bearer"
         assert "x-request-id" in r.headers
         body = r.json()
-        if template.startswith("/openai/") or template in ("/v1/completions", "/v1/chat/completions",
-                                                           "/v1/embeddings"):
+        if template.startswith("/openai/") or template in (
+            "/v1/completions",
+            "/v1/chat/completions",
+            "/v1/embeddings",
+        ):
             assert body["error"]["type"] == "authentication_error"
         else:
             assert isinstance(body["error"], str) and "API key" in body["error"]
@@ -122,8 +132,11 @@ def test_open_paths_need_no_key(client: httpx.Client, path: str) -> None:
 
 def test_every_key_and_scheme_case(client: httpx.Client) -> None:
     for header in ("Bearer key-one", "Bearer key-two", "bearer key-one", "BEARER  key-two"):
-        r = client.post("/v1/models/scaler:predict", json={"instances": [[1, 2]]},
-                        headers={"Authorization": header})
+        r = client.post(
+            "/v1/models/scaler:predict",
+            json={"instances": [[1, 2]]},
+            headers={"Authorization": header},
+        )
         assert r.status_code == 200, (header, r.text)
         assert r.json() == {"predictions": [[2.0, 4.0]]}
 
@@ -140,15 +153,24 @@ def test_auth_health_and_key_file(tmp_path: Path) -> None:
     key_file = tmp_path / "keys"
     key_file.write_text("file-key-1\n\nfile-key-2\n", encoding="utf-8")
     with ServerProcess(
-        "--model_class", EXAMPLE, "--model_name", "scaler", "--api_key_file", str(key_file),
-        "--auth_health", wait_ready=False,
+        "--model_class",
+        EXAMPLE,
+        "--model_name",
+        "scaler",
+        "--api_key_file",
+        str(key_file),
+        "--auth_health",
+        wait_ready=False,
     ) as srv:
         good = {"Authorization": "Bearer file-key-2"}
         deadline = time.monotonic() + 90
         while True:
             assert srv.proc is not None and srv.proc.poll() is None, srv.logs()
             try:
-                if httpx.get(srv.url + "/v2/health/ready", headers=good, timeout=2).status_code == 200:
+                if (
+                    httpx.get(srv.url + "/v2/health/ready", headers=good, timeout=2).status_code
+                    == 200
+                ):
                     break
             except httpx.HTTPError:
                 pass
@@ -158,8 +180,11 @@ def test_auth_health_and_key_file(tmp_path: Path) -> None:
             for path in sorted(OPEN_PATHS):
                 assert c.get(path).status_code == 401, path
                 assert c.get(path, headers=good).status_code == 200, path
-            r = c.post("/v1/models/scaler:predict", json={"instances": [[1, 2]]},
-                       headers={"Authorization": "Bearer file-key-1"})
+            r = c.post(
+                "/v1/models/scaler:predict",
+                json={"instances": [[1, 2]]},
+                headers={"Authorization": "Bearer file-key-1"},
+            )
             assert r.status_code == 200
 
 

@@ -21,8 +21,9 @@ def _one_line(stderr: str) -> str:
 @pytest.mark.parametrize("value", ["v3", "None", "http"])
 def test_invalid_protocol_version_exits_2_before_any_port(value: str) -> None:
     port = free_port()
-    result = run_cli("serve", "--model_class", EXAMPLE, "--http_port", str(port),
-                     env={"PROTOCOL_VERSION": value})
+    result = run_cli(
+        "serve", "--model_class", EXAMPLE, "--http_port", str(port), env={"PROTOCOL_VERSION": value}
+    )
     assert result.returncode == 2
     line = _one_line(result.stderr)
     assert "PROTOCOL_VERSION" in line and repr(value) in line and "v1, v2, grpc-v2" in line
@@ -87,15 +88,34 @@ def test_every_protocol_version_serves(value: str | None) -> None:
 def test_kserve_huggingfaceserver_flags_start_the_server_and_are_named() -> None:
     """An InferenceService written for KServe's runtime passes flags steadyserve has no use
     for: they are accepted (type-checked), named in one warning each, and the server serves."""
-    args = ["--model_class", EXAMPLE, "--model_name", "scaler", "--workers", "1",
-            "--enable_docs_url", "false", "--disable_lower_case", "--max_length", "128",
-            "--backend", "huggingface", "--dtype", "float", "--return_probabilities"]
+    args = [
+        "--model_class",
+        EXAMPLE,
+        "--model_name",
+        "scaler",
+        "--workers",
+        "1",
+        "--enable_docs_url",
+        "false",
+        "--disable_lower_case",
+        "--max_length",
+        "128",
+        "--backend",
+        "huggingface",
+        "--dtype",
+        "float",
+        "--return_probabilities",
+    ]
     with ServerProcess(*args) as srv, srv.client() as c:
         r = c.post("/v1/models/scaler:predict", json={"instances": [[1.5]]})
         assert r.status_code == 200 and r.json() == {"predictions": [[3.0]]}
         logs = srv.logs()
-    for flag in ("--workers=1", "--enable_docs_url=False", "--disable_lower_case=True",
-                 "--return_probabilities=True"):
+    for flag in (
+        "--workers=1",
+        "--enable_docs_url=False",
+        "--disable_lower_case=True",
+        "--return_probabilities=True",
+    ):
         assert f"{flag} is accepted for KServe compatibility and has no effect" in logs, flag
     assert "'max_model_len': 128" in logs and "'dtype': 'float32'" in logs
 
@@ -127,8 +147,9 @@ def test_a_port_in_use_exits_2_before_any_worker() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_cli("serve", "--model_class", EXAMPLE, "--host", "127.0.0.1",
-                         "--http_port", str(port))
+        result = run_cli(
+            "serve", "--model_class", EXAMPLE, "--host", "127.0.0.1", "--http_port", str(port)
+        )
     assert result.returncode == 2
     line = _one_line(result.stderr)
     assert f"--http_port={port}" in line and "in use" in line

@@ -19,15 +19,28 @@ import pytest
 from tests.helpers import FAULTY, ServerProcess, wait_for
 
 FAST = [
-    "--model_class", FAULTY, "--model_name", "faulty",
-    "--worker_hang_timeout_s", "4", "--restart_backoff_s", "0.1",
-    "--max_batch_wait_ms", "30", "--worker_memory_limit_mb", "512",
+    "--model_class",
+    FAULTY,
+    "--model_name",
+    "faulty",
+    "--worker_hang_timeout_s",
+    "4",
+    "--restart_backoff_s",
+    "0.1",
+    "--max_batch_wait_ms",
+    "30",
+    "--worker_memory_limit_mb",
+    "512",
 ]
 
 
-def predict(url: str, item: str, timeout: float = 20, headers: dict[str, str] | None = None) -> httpx.Response:
+def predict(
+    url: str, item: str, timeout: float = 20, headers: dict[str, str] | None = None
+) -> httpx.Response:
     return httpx.post(
-        f"{url}/v1/models/faulty:predict", json={"instances": [item]}, timeout=timeout,
+        f"{url}/v1/models/faulty:predict",
+        json={"instances": [item]},
+        timeout=timeout,
         headers=headers or {},
     )
 
@@ -53,7 +66,9 @@ def assert_serving(srv: ServerProcess) -> None:
     assert r.status_code == 200 and r.json() == {"predictions": ["OK"]}
 
 
-def test_exception_in_a_batch_fails_only_the_culprit(server: ServerProcess, calls_file: Path) -> None:
+def test_exception_in_a_batch_fails_only_the_culprit(
+    server: ServerProcess, calls_file: Path
+) -> None:
     calls_file.write_text("")
     items = [f"good{i}" for i in range(24)]
     items[5] = items[17] = "raise"
@@ -76,7 +91,9 @@ def test_exception_in_a_batch_fails_only_the_culprit(server: ServerProcess, call
 
 
 @pytest.mark.parametrize("culprit", ["crash", "segfault"])
-def test_worker_death_fails_in_flight_fast_and_recovers(server: ServerProcess, culprit: str) -> None:
+def test_worker_death_fails_in_flight_fast_and_recovers(
+    server: ServerProcess, culprit: str
+) -> None:
     before = server.debug()["models"]["faulty"]["restarts"]
     items = ["sleep:0.3"] * 6 + [culprit] + ["ok"] * 5
     results: dict[int, tuple[int, float]] = {}
@@ -126,8 +143,11 @@ def test_a_slow_batch_is_not_a_hang(server: ServerProcess) -> None:
     """Three rows of 2 s each in one predict call: 6 s of silence, past the 4 s hang timeout,
     but within it per row - the batch completes and the worker is not restarted."""
     before = server.debug()["models"]["faulty"]["restarts"]
-    r = httpx.post(f"{server.url}/v1/models/faulty:predict",
-                   json={"instances": ["sleep:2", "sleep:2", "sleep:2"]}, timeout=30)
+    r = httpx.post(
+        f"{server.url}/v1/models/faulty:predict",
+        json={"instances": ["sleep:2", "sleep:2", "sleep:2"]},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     assert r.json() == {"predictions": ["sleep:2"] * 3}
     assert server.debug()["models"]["faulty"]["restarts"] == before
@@ -189,14 +209,26 @@ def test_queue_full_is_429_with_retry_after() -> None:
 def test_crash_loop_fails_liveness() -> None:
     args = [a for a in FAST if a != "--restart_backoff_s" and a != "0.1"]
     with ServerProcess(
-        *args, "--restart_backoff_s", "0.05", "--restart_backoff_max_s", "0.2",
-        "--max_consecutive_crashes", "3",
-        env={"FAULTY_FAIL_LOAD": "1"}, wait_ready=False,
+        *args,
+        "--restart_backoff_s",
+        "0.05",
+        "--restart_backoff_max_s",
+        "0.2",
+        "--max_consecutive_crashes",
+        "3",
+        env={"FAULTY_FAIL_LOAD": "1"},
+        wait_ready=False,
     ) as srv:
         srv.wait_until_ready(30, path="/")  # HTTP is up even though the model never loads
         assert ready(srv) == 503
-        r = wait_for(lambda: (x := predict(srv.url, "ok")).status_code == 503
-                     and "load failed" in x.json()["error"] and x, timeout=10)
+        r = wait_for(
+            lambda: (
+                (x := predict(srv.url, "ok")).status_code == 503
+                and "load failed" in x.json()["error"]
+                and x
+            ),
+            timeout=10,
+        )
         assert "Retry-After" in r.headers
         wait_for(lambda: httpx.get(srv.url + "/v2/health/live").status_code == 503, timeout=20)
         assert srv.proc is not None and srv.proc.poll() is None  # the HTTP process stays up

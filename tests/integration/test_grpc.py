@@ -25,7 +25,10 @@ MAX_MESSAGE = 1 << 20
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = make_repository(tmp_path_factory.mktemp("repo"))
     with ServerProcess(
-        "--model_repository", str(repo), "--grpc_max_message_bytes", str(MAX_MESSAGE),
+        "--model_repository",
+        str(repo),
+        "--grpc_max_message_bytes",
+        str(MAX_MESSAGE),
         grpc=True,
     ) as srv:
         yield srv
@@ -33,7 +36,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def stub(server: ServerProcess) -> Iterator[Any]:
-    options = [("grpc.max_send_message_length", 8 << 20), ("grpc.max_receive_message_length", 8 << 20)]
+    options = [
+        ("grpc.max_send_message_length", 8 << 20),
+        ("grpc.max_receive_message_length", 8 << 20),
+    ]
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}", options=options) as channel:
         yield pb_grpc.GRPCInferenceServiceStub(channel)
 
@@ -127,11 +133,18 @@ def _binary_data_not_bool() -> Any:
     ("build", "code", "needle"),
     [
         (lambda: pb.ModelInferRequest(model_name="nope"), grpc.StatusCode.NOT_FOUND, "nope"),
-        (lambda: scaler_request(np.ones((1, 2), dtype=np.float32), model_version="7"),
-         grpc.StatusCode.NOT_FOUND, "model scaler has no version '7'; its versions: 1"),
+        (
+            lambda: scaler_request(np.ones((1, 2), dtype=np.float32), model_version="7"),
+            grpc.StatusCode.NOT_FOUND,
+            "model scaler has no version '7'; its versions: 1",
+        ),
         (_classification, grpc.StatusCode.INVALID_ARGUMENT, "parameter 'classification'"),
         (_binary_data_not_bool, grpc.StatusCode.INVALID_ARGUMENT, "must be a boolean"),
-        (lambda: pb.ModelInferRequest(model_name="scaler"), grpc.StatusCode.INVALID_ARGUMENT, "inputs"),
+        (
+            lambda: pb.ModelInferRequest(model_name="scaler"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "inputs",
+        ),
         (_bad_shape, grpc.StatusCode.INVALID_ARGUMENT, "shape"),
         (_lying_raw, grpc.StatusCode.INVALID_ARGUMENT, "needs 8 bytes"),
         (_fp16_typed, grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents"),
@@ -147,8 +160,13 @@ def test_errors_then_good(stub: Any, build: Any, code: grpc.StatusCode, needle: 
 
 
 def test_metadata_errors(stub: Any) -> None:
-    assert code_of(stub.ModelMetadata, pb.ModelMetadataRequest(name="nope"))[0] == grpc.StatusCode.NOT_FOUND
-    assert code_of(stub.ModelReady, pb.ModelReadyRequest(name="nope"))[0] == grpc.StatusCode.NOT_FOUND
+    assert (
+        code_of(stub.ModelMetadata, pb.ModelMetadataRequest(name="nope"))[0]
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert (
+        code_of(stub.ModelReady, pb.ModelReadyRequest(name="nope"))[0] == grpc.StatusCode.NOT_FOUND
+    )
     for call, msg in [
         (stub.ModelMetadata, pb.ModelMetadataRequest(name="scaler", version="7")),
         (stub.ModelReady, pb.ModelReadyRequest(name="scaler", version="7")),
@@ -162,17 +180,35 @@ def test_metadata_errors(stub: Any) -> None:
 @pytest.mark.parametrize(
     ("body", "msg", "status", "code"),
     [
-        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2, 3]}]},
-         _bad_shape, 400, grpc.StatusCode.INVALID_ARGUMENT),
-        ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["raise"]}]},
-         lambda: faulty_request("raise"), 500, grpc.StatusCode.INTERNAL),
-        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 1]}],
-          "outputs": [{"name": "y", "parameters": {"classification": 2}}]},
-         _classification, 400, grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2, 3]}]},
+            _bad_shape,
+            400,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["raise"]}]},
+            lambda: faulty_request("raise"),
+            500,
+            grpc.StatusCode.INTERNAL,
+        ),
+        (
+            {
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 1]}],
+                "outputs": [{"name": "y", "parameters": {"classification": 2}}],
+            },
+            _classification,
+            400,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
     ],
 )
 def test_same_error_same_status_on_rest_and_grpc(
-    server: ServerProcess, stub: Any, body: dict[str, Any], msg: Any, status: int,
+    server: ServerProcess,
+    stub: Any,
+    body: dict[str, Any],
+    msg: Any,
+    status: int,
     code: grpc.StatusCode,
 ) -> None:
     model = "scaler" if body["inputs"][0]["name"] == "x" else "faulty"
@@ -225,15 +261,39 @@ def test_tls_and_api_key(tmp_path: Path) -> None:
         pytest.skip("openssl not installed")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     repo = make_repository(tmp_path / "repo", scaler=_example())
     with ServerProcess(
-        "--model_repository", str(repo), "--ssl_certfile", str(cert), "--ssl_keyfile", str(key),
-        grpc=True, wait_ready=False, env={"STEADYSERVE_API_KEY": "k1,k2"},
+        "--model_repository",
+        str(repo),
+        "--ssl_certfile",
+        str(cert),
+        "--ssl_keyfile",
+        str(key),
+        grpc=True,
+        wait_ready=False,
+        env={"STEADYSERVE_API_KEY": "k1,k2"},
     ) as srv:
         creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
         with grpc.secure_channel(f"localhost:{srv.grpc_port}", creds) as channel:
@@ -247,19 +307,30 @@ def test_tls_and_api_key(tmp_path: Path) -> None:
 
             wait_for(ready, timeout=60, interval=0.2)
             x = np.ones((1, 2), dtype=np.float32)
-            for metadata, needle in ((None, "missing"), ((("authorization", "Bearer nope"),), "invalid")):
-                code, details = code_of(secure.ModelInfer, scaler_request(x), metadata=metadata,
-                                        timeout=10)
+            for metadata, needle in (
+                (None, "missing"),
+                ((("authorization", "Bearer nope"),), "invalid"),
+            ):
+                code, details = code_of(
+                    secure.ModelInfer, scaler_request(x), metadata=metadata, timeout=10
+                )
                 assert code == grpc.StatusCode.UNAUTHENTICATED and needle in details
-            code, _ = code_of(secure.RepositoryModelUnload,
-                              pb.RepositoryModelUnloadRequest(model_name="scaler"), timeout=10)
+            code, _ = code_of(
+                secure.RepositoryModelUnload,
+                pb.RepositoryModelUnloadRequest(model_name="scaler"),
+                timeout=10,
+            )
             assert code == grpc.StatusCode.UNAUTHENTICATED
-            resp = secure.ModelInfer(scaler_request(x), metadata=(("authorization", "Bearer k2"),),
-                                     timeout=30)
+            resp = secure.ModelInfer(
+                scaler_request(x), metadata=(("authorization", "Bearer k2"),), timeout=30
+            )
             assert list(resp.outputs[0].contents.fp32_contents) == [2, 2]
         with grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}") as plain:
-            code, _ = code_of(pb_grpc.GRPCInferenceServiceStub(plain).ServerLive,
-                              pb.ServerLiveRequest(), timeout=5)
+            code, _ = code_of(
+                pb_grpc.GRPCInferenceServiceStub(plain).ServerLive,
+                pb.ServerLiveRequest(),
+                timeout=5,
+            )
             assert code == grpc.StatusCode.UNAVAILABLE
 
 
@@ -278,31 +349,46 @@ def test_busy_grpc_port_fails_start_up_with_one_line() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        done = run_cli("serve", "--host", "127.0.0.1", "--http_port", str(free_port()),
-                       "--grpc_port", str(port), "--enable_grpc", "--model_class", EXAMPLE)
+        done = run_cli(
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--http_port",
+            str(free_port()),
+            "--grpc_port",
+            str(port),
+            "--enable_grpc",
+            "--model_class",
+            EXAMPLE,
+        )
     # checked with the rest of the configuration, before any worker starts: exit 2, one line
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert f"--grpc_port={port}" in done.stderr and "cannot listen" in done.stderr
 
 
-def test_grpc_calls_are_counted_logged_and_carry_a_request_id(server: ServerProcess,
-                                                             stub: Any) -> None:
+def test_grpc_calls_are_counted_logged_and_carry_a_request_id(
+    server: ServerProcess, stub: Any
+) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     def count(code: str) -> float:
         text = httpx.get(server.url + "/metrics").text
         for family in text_string_to_metric_families(text):
             for s in family.samples:
-                if (s.name == "steadyserve_requests_total" and s.labels.get("method") == "gRPC"
-                        and s.labels["route"] == "/inference.GRPCInferenceService/ModelInfer"
-                        and s.labels["code"] == code):
+                if (
+                    s.name == "steadyserve_requests_total"
+                    and s.labels.get("method") == "gRPC"
+                    and s.labels["route"] == "/inference.GRPCInferenceService/ModelInfer"
+                    and s.labels["code"] == code
+                ):
                     return float(s.value)
         return 0.0
 
     ok, missing = count("200"), count("404")
-    _, call = stub.ModelInfer.with_call(scaler_request(np.ones((1, 2), np.float32)),
-                                        metadata=(("x-request-id", "grpc-id-1"),))
+    _, call = stub.ModelInfer.with_call(
+        scaler_request(np.ones((1, 2), np.float32)), metadata=(("x-request-id", "grpc-id-1"),)
+    )
     assert dict(call.trailing_metadata())["x-request-id"] == "grpc-id-1"
     with pytest.raises(grpc.RpcError) as info:
         stub.ModelInfer(pb.ModelInferRequest(model_name="nope"))

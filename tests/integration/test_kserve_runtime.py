@@ -22,8 +22,18 @@ from tests.helpers import ROOT, free_port
 RUNTIME = ROOT / "deploy" / "kserve" / "serving-runtime.yaml"
 NAME = "sst2-kserve"
 #: variables from the developer's shell that must not leak into the server
-SCRUB = {"PROTOCOL_VERSION", "STORAGE_URI", "MODEL_NAME", "MODEL_ID", "MODEL_CLASS",
-         "STEADYSERVE_API_KEY", "STEADYSERVE_API_KEY_FILE", "HTTP_PORT", "GRPC_PORT", "LOG_FORMAT"}
+SCRUB = {
+    "PROTOCOL_VERSION",
+    "STORAGE_URI",
+    "MODEL_NAME",
+    "MODEL_ID",
+    "MODEL_CLASS",
+    "STEADYSERVE_API_KEY",
+    "STEADYSERVE_API_KEY_FILE",
+    "HTTP_PORT",
+    "GRPC_PORT",
+    "LOG_FORMAT",
+}
 
 
 def container_spec() -> dict[str, Any]:
@@ -43,8 +53,16 @@ def test_server_starts_from_the_runtime_args(tiny_bert_cls_dir: str) -> None:
     env.setdefault("STEADYSERVE_WORKER_LOG_LEVEL", "WARNING")
     port = free_port()
     # `steadyserve` is the console script of `python -m steadyserve`
-    cmd = [sys.executable, "-m", "steadyserve", *argv[1:], "--host", "127.0.0.1",
-           "--http_port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "steadyserve",
+        *argv[1:],
+        "--host",
+        "127.0.0.1",
+        "--http_port",
+        str(port),
+    ]
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
@@ -75,8 +93,9 @@ def test_server_starts_from_the_runtime_args(tiny_bert_cls_dir: str) -> None:
                 assert metrics.status_code == 200
                 assert f'model="{NAME}"' in metrics.text
             # LOG_FORMAT=json from the runtime's env: the logs are JSON lines
-            assert any(line.startswith("{") and '"request_id"' in line
-                       for line in logs().splitlines())
+            assert any(
+                line.startswith("{") and '"request_id"' in line for line in logs().splitlines()
+            )
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -25,8 +25,12 @@ PREDICT = "/v1/models/scaler:predict"
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     with ServerProcess(
-        "--model_class", EXAMPLE, "--model_name", "scaler",
-        "--max_request_body_bytes", str(LIMIT),
+        "--model_class",
+        EXAMPLE,
+        "--model_name",
+        "scaler",
+        "--max_request_body_bytes",
+        str(LIMIT),
     ) as srv:
         yield srv
 
@@ -69,8 +73,9 @@ def raw(server: ServerProcess) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.port), timeout=5)
 
 
-def test_content_length_too_large_is_413_before_any_body(server: ServerProcess,
-                                                         client: httpx.Client) -> None:
+def test_content_length_too_large_is_413_before_any_body(
+    server: ServerProcess, client: httpx.Client
+) -> None:
     with raw(server) as sock:
         started = time.monotonic()
         sock.sendall(
@@ -87,8 +92,9 @@ def test_content_length_too_large_is_413_before_any_body(server: ServerProcess,
     assert_good(client)
 
 
-def test_streamed_chunked_body_is_413_while_it_streams(server: ServerProcess,
-                                                       client: httpx.Client) -> None:
+def test_streamed_chunked_body_is_413_while_it_streams(
+    server: ServerProcess, client: httpx.Client
+) -> None:
     with raw(server) as sock:
         sock.sendall(
             f"POST {PREDICT} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
@@ -131,16 +137,18 @@ def test_header_limits(server: ServerProcess, client: httpx.Client) -> None:
     assert "x-request-id" in r.headers
     assert_good(client)
     with raw(server) as sock:
-        sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 200_000
-                     + b"\r\n\r\n")
+        sock.sendall(
+            b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"
+        )
         status, _, _ = read_response(sock)
         assert status in (400, 431)
     assert_good(client)
     # a header block over the 64 KiB bound that arrives in one read is refused too, with an id
     for size in (70_000, 100_000):
         with raw(server) as sock:
-            sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * size
-                         + b"\r\n\r\n")
+            sock.sendall(
+                b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * size + b"\r\n\r\n"
+            )
             status, headers, body = read_response(sock)
             assert status == 431 and "x-request-id" in headers
             assert json.loads(body)["error"]
@@ -160,10 +168,29 @@ def test_cors_off_by_default(client: httpx.Client) -> None:
 def make_cert(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=30,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     return cert, key
 
@@ -172,9 +199,16 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
 def test_https_and_cors(tmp_path: Path) -> None:
     cert, key = make_cert(tmp_path)
     with ServerProcess(
-        "--model_class", EXAMPLE, "--model_name", "scaler",
-        "--ssl_certfile", str(cert), "--ssl_keyfile", str(key),
-        "--cors_origins", "https://app.example,https://other.example",
+        "--model_class",
+        EXAMPLE,
+        "--model_name",
+        "scaler",
+        "--ssl_certfile",
+        str(cert),
+        "--ssl_keyfile",
+        str(key),
+        "--cors_origins",
+        "https://app.example,https://other.example",
         wait_ready=False,
     ) as srv:
         url = f"https://127.0.0.1:{srv.port}"
@@ -197,8 +231,13 @@ def test_https_and_cors(tmp_path: Path) -> None:
             assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
             r = c.get("/v2/health/ready", headers={"Origin": "https://evil.example"})
             assert "access-control-allow-origin" not in r.headers
-            r = c.options(PREDICT, headers={"Origin": "https://other.example",
-                                            "Access-Control-Request-Method": "POST"})
+            r = c.options(
+                PREDICT,
+                headers={
+                    "Origin": "https://other.example",
+                    "Access-Control-Request-Method": "POST",
+                },
+            )
             assert r.status_code == 200
             assert r.headers["access-control-allow-origin"] == "https://other.example"
         # the TLS port does not speak plain HTTP
@@ -207,8 +246,11 @@ def test_https_and_cors(tmp_path: Path) -> None:
 
 
 def _predict_encoded(client: httpx.Client, body: bytes, encoding: str) -> httpx.Response:
-    return client.post(PREDICT, content=body, headers={"content-type": "application/json",
-                                                         "content-encoding": encoding})
+    return client.post(
+        PREDICT,
+        content=body,
+        headers={"content-type": "application/json", "content-encoding": encoding},
+    )
 
 
 def test_gzip_and_deflate_request_bodies(client: httpx.Client) -> None:

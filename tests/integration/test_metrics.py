@@ -57,8 +57,9 @@ def scrape(client: httpx.Client) -> dict[tuple[str, frozenset[tuple[str, str]]],
     return scrape_text(r.text)
 
 
-def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
-          **labels: str) -> float:
+def value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
@@ -74,21 +75,33 @@ def test_request_counter_moves_by_the_traffic(client: httpx.Client) -> None:
     assert predict(client, "raise").status_code == 500
     assert client.post("/v1/models/nobody:predict", json={"instances": [1]}).status_code == 404
     after = scrape(client)
-    assert value(after, "steadyserve_requests_total", **ok) - value(
-        before, "steadyserve_requests_total", **ok) == 3
+    assert (
+        value(after, "steadyserve_requests_total", **ok)
+        - value(before, "steadyserve_requests_total", **ok)
+        == 3
+    )
     err = {**ok, "code": "500"}
-    assert value(after, "steadyserve_requests_total", **err) - value(
-        before, "steadyserve_requests_total", **err) == 1
+    assert (
+        value(after, "steadyserve_requests_total", **err)
+        - value(before, "steadyserve_requests_total", **err)
+        == 1
+    )
     # an unknown model name is not a label value (bounded cardinality)
     unknown = dict(method="POST", route=PREDICT_ROUTE, model="", code="404")
     assert value(after, "steadyserve_requests_total", **unknown) >= 1
     assert not any(("model", "nobody") in labels for _, labels in after)
     hist = dict(method="POST", route=PREDICT_ROUTE, model="faulty")
-    assert value(after, "steadyserve_request_duration_seconds_count", **hist) - value(
-        before, "steadyserve_request_duration_seconds_count", **hist) == 4
+    assert (
+        value(after, "steadyserve_request_duration_seconds_count", **hist)
+        - value(before, "steadyserve_request_duration_seconds_count", **hist)
+        == 4
+    )
     assert value(after, "steadyserve_request_duration_seconds_sum", **hist) > value(
-        before, "steadyserve_request_duration_seconds_sum", **hist)
-    assert value(after, "steadyserve_requests_failed_total", model="faulty", error="ModelError") >= 1
+        before, "steadyserve_request_duration_seconds_sum", **hist
+    )
+    assert (
+        value(after, "steadyserve_requests_failed_total", model="faulty", error="ModelError") >= 1
+    )
 
 
 def test_route_templates_not_raw_paths(client: httpx.Client) -> None:
@@ -107,7 +120,9 @@ def test_scrape_time_gauges(client: httpx.Client) -> None:
     assert ("steadyserve_worker_queued", frozenset({("model", "faulty")})) in samples
 
 
-def test_expired_cancelled_and_restart_counters(client: httpx.Client, server: ServerProcess) -> None:
+def test_expired_cancelled_and_restart_counters(
+    client: httpx.Client, server: ServerProcess
+) -> None:
     before = scrape(client)
     # deadline: 504 and one expired request
     r = predict(client, "sleep:1.0", headers={"X-Request-Timeout": "0.2"})
@@ -115,15 +130,25 @@ def test_expired_cancelled_and_restart_counters(client: httpx.Client, server: Se
     # the client leaves: one cancelled (aborted) request
     with pytest.raises(httpx.ReadTimeout), server.client(timeout=0.3) as impatient:
         predict(impatient, "sleep:1.0")
-    wait_for(lambda: value(scrape(client), "steadyserve_requests_cancelled_total", model="faulty")
-             == value(before, "steadyserve_requests_cancelled_total", model="faulty") + 1)
+    wait_for(
+        lambda: (
+            value(scrape(client), "steadyserve_requests_cancelled_total", model="faulty")
+            == value(before, "steadyserve_requests_cancelled_total", model="faulty") + 1
+        )
+    )
     after = scrape(client)
-    assert value(after, "steadyserve_requests_expired_total", model="faulty") == value(
-        before, "steadyserve_requests_expired_total", model="faulty") + 1
+    assert (
+        value(after, "steadyserve_requests_expired_total", model="faulty")
+        == value(before, "steadyserve_requests_expired_total", model="faulty") + 1
+    )
     # a worker crash: one restart
     assert predict(client, "crash").status_code == 503
-    wait_for(lambda: value(scrape(client), "steadyserve_worker_restarts_total", model="faulty")
-             == value(before, "steadyserve_worker_restarts_total", model="faulty") + 1)
+    wait_for(
+        lambda: (
+            value(scrape(client), "steadyserve_worker_restarts_total", model="faulty")
+            == value(before, "steadyserve_worker_restarts_total", model="faulty") + 1
+        )
+    )
     server.wait_until_ready(60)
     assert predict(client, "hello").status_code == 200
 
@@ -146,9 +171,13 @@ def test_engine_listener_records_generation_metrics() -> None:
     samples = scrape_text(generate_latest(metrics.registry).decode())
     gen = {"model": "gen"}
     assert value(samples, "steadyserve_time_to_first_token_seconds_count", **gen) == 1
-    assert value(samples, "steadyserve_time_to_first_token_seconds_sum", **gen) == pytest.approx(0.2)
+    assert value(samples, "steadyserve_time_to_first_token_seconds_sum", **gen) == pytest.approx(
+        0.2
+    )
     assert value(samples, "steadyserve_inter_token_latency_seconds_count", **gen) == 3
-    assert value(samples, "steadyserve_inter_token_latency_seconds_sum", **gen) == pytest.approx(0.03)
+    assert value(samples, "steadyserve_inter_token_latency_seconds_sum", **gen) == pytest.approx(
+        0.03
+    )
     assert value(samples, "steadyserve_completion_tokens_total", **gen) == 4
     assert value(samples, "steadyserve_prompt_tokens_total", **gen) == 7
     assert value(samples, "steadyserve_requests_cancelled_total", **gen) == 1
@@ -200,8 +229,9 @@ def test_openai_requests_are_labelled_with_the_body_model(client: httpx.Client) 
     assert not any(dict(lb).get("model") == "nope" for _, lb in after)
 
 
-def test_predict_work_shows_in_the_worker_gauges(client: httpx.Client, server: ServerProcess
-                                                 ) -> None:
+def test_predict_work_shows_in_the_worker_gauges(
+    client: httpx.Client, server: ServerProcess
+) -> None:
     """A running predict batch and the requests waiting behind it are visible (not only
     generation): `worker_running` / `worker_queued` and /debug/engine agree."""
     import threading
@@ -211,16 +241,22 @@ def test_predict_work_shows_in_the_worker_gauges(client: httpx.Client, server: S
         t.start()
         time.sleep(0.05)
     try:
+
         def busy() -> bool:
             samples = scrape(client)
             running = value(samples, "steadyserve_worker_running", model="faulty")
             queued = value(samples, "steadyserve_worker_queued", model="faulty")
             return running >= 1 and running + queued == 3
+
         wait_for(busy, timeout=3)
         stats = server.debug()["models"]["faulty"]
         assert stats["worker_running"] >= 1 and stats["in_flight"] == 3
     finally:
         for t in threads:
             t.join(30)
-    wait_for(lambda: value(scrape(client), "steadyserve_worker_running", model="faulty") == 0
-             and value(scrape(client), "steadyserve_worker_queued", model="faulty") == 0)
+    wait_for(
+        lambda: (
+            value(scrape(client), "steadyserve_worker_running", model="faulty") == 0
+            and value(scrape(client), "steadyserve_worker_queued", model="faulty") == 0
+        )
+    )

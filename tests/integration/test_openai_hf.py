@@ -22,20 +22,31 @@ CHAT_BODY = {"messages": [{"role": "user", "content": "hello there"}], "max_toke
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory, tiny_t5_dir: str, tiny_gpt2_dir: str,
-           tiny_llama_dir: str, tiny_bert_embed_dir: str) -> dict[str, str]:
-    return {"t5": tiny_t5_dir, "gpt2": tiny_gpt2_dir, "llama": tiny_llama_dir,
-            "bert": tiny_bert_embed_dir}
+def models(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_t5_dir: str,
+    tiny_gpt2_dir: str,
+    tiny_llama_dir: str,
+    tiny_bert_embed_dir: str,
+) -> dict[str, str]:
+    return {
+        "t5": tiny_t5_dir,
+        "gpt2": tiny_gpt2_dir,
+        "llama": tiny_llama_dir,
+        "bert": tiny_bert_embed_dir,
+    }
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models: dict[str, str]
-           ) -> Iterator[ServerProcess]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, models: dict[str, str]
+) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("openai-repo")
     for name, path in models.items():
         os.symlink(path, repo / name)
-    with ServerProcess("--model_repository", str(repo), "--max_model_len", "256",
-                       ready_timeout=300) as srv:
+    with ServerProcess(
+        "--model_repository", str(repo), "--max_model_len", "256", ready_timeout=300
+    ) as srv:
         yield srv
 
 
@@ -59,7 +70,7 @@ def sse_events(response: httpx.Response) -> list[Any]:
     for block in response.text.split("\n\n"):
         if block:
             assert block.startswith("data: "), block
-            data = block[len("data: "):]
+            data = block[len("data: ") :]
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
 
@@ -71,8 +82,9 @@ def tokenizer(path: str) -> Any:
 
 
 @pytest.mark.parametrize("model", ["t5", "gpt2", "llama"])
-def test_completion_usage_matches_the_tokenizer(client: httpx.Client, models: dict[str, str],
-                                                model: str) -> None:
+def test_completion_usage_matches_the_tokenizer(
+    client: httpx.Client, models: dict[str, str], model: str
+) -> None:
     r = complete(client, model, max_tokens=4, ignore_eos=True, min_tokens=4)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -96,8 +108,9 @@ def test_completion_stream_matches_non_stream_with_a_seed(client: httpx.Client) 
     assert events[-2]["usage"] == full.json()["usage"]
 
 
-def test_n_choices_differ_with_a_seed_and_token_prompts(client: httpx.Client,
-                                                        models: dict[str, str]) -> None:
+def test_n_choices_differ_with_a_seed_and_token_prompts(
+    client: httpx.Client, models: dict[str, str]
+) -> None:
     r = complete(client, "gpt2", n=3, seed=1, max_tokens=8, ignore_eos=True)
     assert r.status_code == 200, r.text
     texts = [c["text"] for c in r.json()["choices"]]
@@ -123,7 +136,7 @@ def test_logprobs(client: httpx.Client) -> None:
 def test_stop_string_on_real_text(client: httpx.Client) -> None:
     fields = {"max_tokens": 12, "seed": 3, "temperature": 0.0, "ignore_eos": True}
     text = complete(client, "gpt2", **fields).json()["choices"][0]["text"]
-    stop = text[len(text) // 2:len(text) // 2 + 2]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
     if not stop.strip():
         pytest.skip("generated text has no usable stop string")
     r = complete(client, "gpt2", stop=[stop], **fields)
@@ -149,8 +162,9 @@ def test_chat_on_llama(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize("model", ["t5", "gpt2"])
-def test_chat_without_template_is_400_fast_then_completion_works(client: httpx.Client,
-                                                                 model: str) -> None:
+def test_chat_without_template_is_400_fast_then_completion_works(
+    client: httpx.Client, model: str
+) -> None:
     start = time.perf_counter()
     r = chat(client, model)
     elapsed = time.perf_counter() - start
@@ -205,23 +219,29 @@ def test_embeddings(client: httpx.Client) -> None:
     assert dim > 0 and body["usage"]["prompt_tokens"] > 0
     r = client.post("/v1/embeddings", json={"model": "bert", "input": "x", "dimensions": dim + 1})
     assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
-    r = client.post("/v1/embeddings", json={"model": "bert", "input": "x", "dimensions": dim,
-                                            "encoding_format": "base64"})
+    r = client.post(
+        "/v1/embeddings",
+        json={"model": "bert", "input": "x", "dimensions": dim, "encoding_format": "base64"},
+    )
     assert r.status_code == 200 and isinstance(r.json()["data"][0]["embedding"], str)
     assert client.post("/v1/embeddings", json={"model": "t5", "input": "x"}).status_code == 400
     assert complete(client, "bert").status_code == 400  # an embedding model does not complete
 
 
-def test_oversized_prompts_are_refused_before_tokenizing(server: ServerProcess,
-                                                         client: httpx.Client) -> None:
+def test_oversized_prompts_are_refused_before_tokenizing(
+    server: ServerProcess, client: httpx.Client
+) -> None:
     """A 20 MB prompt used to cost ~39 s of tokenizer CPU before its 400; concurrent 2 MB ones
     starved every other request. Now a character pre-check refuses them in milliseconds."""
     huge = "word " * 4_000_000  # 20 MB
     cases = [
         ("/openai/v1/completions", {"model": "gpt2", "prompt": huge, "max_tokens": 1}, "prompt"),
         ("/openai/v1/completions", {"model": "t5", "prompt": ["hi", huge]}, "prompt"),
-        ("/openai/v1/chat/completions",
-         {"model": "llama", "messages": [{"role": "user", "content": huge}]}, "messages"),
+        (
+            "/openai/v1/chat/completions",
+            {"model": "llama", "messages": [{"role": "user", "content": huge}]},
+            "messages",
+        ),
         ("/v1/embeddings", {"model": "bert", "input": ["hi", huge]}, "input"),
     ]
     for path, body, param in cases:
@@ -276,18 +296,24 @@ def test_streamed_text_offsets_match_non_streaming(client: httpx.Client) -> None
     offsets = full.json()["choices"][0]["logprobs"]["text_offset"]
     r = complete(client, "gpt2", stream=True, **fields)
     assert r.status_code == 200
-    streamed = [o for e in sse_events(r)[:-1] if e["choices"][0]["logprobs"]
-                for o in e["choices"][0]["logprobs"]["text_offset"]]
+    streamed = [
+        o
+        for e in sse_events(r)[:-1]
+        if e["choices"][0]["logprobs"]
+        for o in e["choices"][0]["logprobs"]["text_offset"]
+    ]
     assert streamed == offsets and len(set(offsets)) == len(offsets)  # not [0] every time
 
 
 def test_min_tokens_raises_the_default_max_tokens(client: httpx.Client) -> None:
-    r = client.post("/openai/v1/completions",
-                    json={"model": "gpt2", "prompt": "Hello", "min_tokens": 40})
+    r = client.post(
+        "/openai/v1/completions", json={"model": "gpt2", "prompt": "Hello", "min_tokens": 40}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] == 40  # was the default 16
-    r = client.post("/openai/v1/completions",
-                    json={"model": "gpt2", "prompt": "Hello", "min_tokens": 300})
+    r = client.post(
+        "/openai/v1/completions", json={"model": "gpt2", "prompt": "Hello", "min_tokens": 300}
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "min_tokens"
     assert "256" in r.json()["error"]["message"]
     assert complete(client, "gpt2").status_code == 200
@@ -301,13 +327,16 @@ def test_max_completion_tokens_is_named_as_sent(client: httpx.Client) -> None:
     assert chat(client, "llama", max_completion_tokens=2).status_code == 200
 
 
-@pytest.mark.parametrize("fields", [
-    {"functions": [{"name": "f", "parameters": {}}]},
-    {"function_call": "auto"},
-    {"audio": {"voice": "alloy", "format": "wav"}},
-    {"modalities": ["text", "audio"]},
-    {"prediction": {"type": "content", "content": "x"}},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"functions": [{"name": "f", "parameters": {}}]},
+        {"function_call": "auto"},
+        {"audio": {"voice": "alloy", "format": "wav"}},
+        {"modalities": ["text", "audio"]},
+        {"prediction": {"type": "content", "content": "x"}},
+    ],
+)
 def test_unsupported_chat_fields_are_refused(client: httpx.Client, fields: dict[str, Any]) -> None:
     r = chat(client, "llama", **fields)
     assert r.status_code == 400, r.text
@@ -315,20 +344,28 @@ def test_unsupported_chat_fields_are_refused(client: httpx.Client, fields: dict[
     assert chat(client, "llama").status_code == 200
 
 
-def test_encoder_decoder_prompt_and_output_have_separate_limits(client: httpx.Client,
-                                                                models: dict[str, str]) -> None:
+def test_encoder_decoder_prompt_and_output_have_separate_limits(
+    client: httpx.Client, models: dict[str, str]
+) -> None:
     """T5: the encoder reads up to max_model_len (256) tokens and the decoder writes up to 256;
     a 200-token prompt with max_tokens 100 was refused as 300 > 256."""
     words = " ".join(["house", "wonderful", "the", "is"] * 60)
     ids = tokenizer(models["t5"])(words)["input_ids"][:200]
     r = complete(client, "t5", prompt=ids, max_tokens=100, min_tokens=100, ignore_eos=True)
     assert r.status_code == 200, r.text
-    assert r.json()["usage"] == {"prompt_tokens": 200, "completion_tokens": 100,
-                                 "total_tokens": 300}
+    assert r.json()["usage"] == {
+        "prompt_tokens": 200,
+        "completion_tokens": 100,
+        "total_tokens": 300,
+    }
     r = complete(client, "t5", prompt=ids, max_tokens=257)
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
     r = complete(client, "t5", prompt=(ids * 2)[:257], max_tokens=1)
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
-    assert complete(client, "t5", prompt=(ids * 2)[:256], max_tokens=256,
-                    ignore_eos=True, min_tokens=256).status_code == 200
+    assert (
+        complete(
+            client, "t5", prompt=(ids * 2)[:256], max_tokens=256, ignore_eos=True, min_tokens=256
+        ).status_code
+        == 200
+    )
     assert complete(client).status_code == 200

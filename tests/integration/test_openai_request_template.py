@@ -21,8 +21,14 @@ GOOD = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assist
 
 @pytest.fixture(scope="module")
 def server(tiny_gpt2_dir: str) -> Iterator[ServerProcess]:
-    with ServerProcess("--model_dir", tiny_gpt2_dir, "--model_name", "gpt2",
-                       "--allow_request_chat_template", ready_timeout=240) as srv:
+    with ServerProcess(
+        "--model_dir",
+        tiny_gpt2_dir,
+        "--model_name",
+        "gpt2",
+        "--allow_request_chat_template",
+        ready_timeout=240,
+    ) as srv:
         yield srv
 
 
@@ -33,9 +39,16 @@ def client(server: ServerProcess) -> Iterator[httpx.Client]:
 
 
 def chat(client: httpx.Client, template: str, **fields: Any) -> httpx.Response:
-    return client.post("/openai/v1/chat/completions", json={
-        "model": "gpt2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
-        "chat_template": template, **fields})
+    return client.post(
+        "/openai/v1/chat/completions",
+        json={
+            "model": "gpt2",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2,
+            "chat_template": template,
+            **fields,
+        },
+    )
 
 
 def assert_good(client: httpx.Client) -> None:
@@ -44,13 +57,16 @@ def assert_good(client: httpx.Client) -> None:
     assert r.json()["usage"]["completion_tokens"] >= 1
 
 
-@pytest.mark.parametrize(("template", "kind"), [
-    ("{{ 1/0 }}", "ZeroDivisionError"),
-    ("{{ 2.0 ** 5000 }}", "OverflowError"),
-    ("{{ messages | sum }}", "TypeError"),
-    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError"),
-    ("{% for %}", "invalid"),
-])
+@pytest.mark.parametrize(
+    ("template", "kind"),
+    [
+        ("{{ 1/0 }}", "ZeroDivisionError"),
+        ("{{ 2.0 ** 5000 }}", "OverflowError"),
+        ("{{ messages | sum }}", "TypeError"),
+        ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError"),
+        ("{% for %}", "invalid"),
+    ],
+)
 def test_a_raising_template_is_a_400(client: httpx.Client, template: str, kind: str) -> None:
     r = chat(client, template)
     assert r.status_code == 400, r.text
@@ -61,11 +77,14 @@ def test_a_raising_template_is_a_400(client: httpx.Client, template: str, kind: 
     assert_good(client)
 
 
-@pytest.mark.parametrize("template", [
-    "{{ (7**6000000) % 3 }}",
-    "{{ 'x' * 10**9 }}",
-    "{{ 'x'.ljust(10**9) }}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ (7**6000000) % 3 }}",
+        "{{ 'x' * 10**9 }}",
+        "{{ 'x'.ljust(10**9) }}",
+    ],
+)
 def test_a_huge_operation_is_refused_fast(client: httpx.Client, template: str) -> None:
     start = time.perf_counter()
     r = chat(client, template)

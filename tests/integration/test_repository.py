@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import EXAMPLE, ServerProcess, make_repository, wait_for
 
 GOOD_X = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}
-BROKEN = '''
+BROKEN = """
 import steadyserve
 
 
@@ -26,7 +26,7 @@ class Broken(steadyserve.Model):
 
     def predict(self, instances):
         return instances
-'''
+"""
 
 
 def text(value: str) -> dict[str, Any]:
@@ -41,8 +41,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(repo: Path) -> Iterator[ServerProcess]:
     with ServerProcess(
-        "--model_repository", str(repo), "--graceful_shutdown_s", "2",
-        "--restart_backoff_s", "0.1",
+        "--model_repository",
+        str(repo),
+        "--graceful_shutdown_s",
+        "2",
+        "--restart_backoff_s",
+        "0.1",
     ) as srv:
         yield srv
 
@@ -119,9 +123,10 @@ def test_unload_load_round_trip_and_listings_agree(client: httpx.Client) -> None
     assert client.post("/v2/repository/models/scaler/load").status_code == 200
     # the unload (counted after the model left the registry) keeps its model label
     metrics = client.get("/metrics").text
-    assert ('route="/v2/repository/models/{name}/unload"' in metrics
-            and any('model="scaler"' in line and "/unload" in line and 'code="200"' in line
-                    for line in metrics.splitlines()))
+    assert 'route="/v2/repository/models/{name}/unload"' in metrics and any(
+        'model="scaler"' in line and "/unload" in line and 'code="200"' in line
+        for line in metrics.splitlines()
+    )
 
 
 def test_unload_drains_in_flight_then_fails_the_rest(
@@ -157,8 +162,12 @@ def test_unload_drains_in_flight_then_fails_the_rest(
         ("/v2/repository/models/nope/load", {}, 404, "nope"),
         ("/v2/repository/models/nope/unload", {}, 404, "nope"),
         ("/v2/repository/models/-bad/load", {}, 400, "invalid model name"),
-        ("/v2/repository/models/scaler/load", {"json": {"parameters": {"config": "{}"}}}, 400,
-         "not supported"),
+        (
+            "/v2/repository/models/scaler/load",
+            {"json": {"parameters": {"config": "{}"}}},
+            400,
+            "not supported",
+        ),
         ("/v2/repository/models/scaler/load", {"content": b"{oops"}, 400, "JSON"),
         ("/v2/repository/index", {"json": {"ready": "yes"}}, 400, "ready"),
         ("/v2/repository/index", {"json": [1]}, 400, "object"),
@@ -211,10 +220,18 @@ def test_a_model_that_never_loads_is_given_up_not_a_pod_restart(
     (broken / "steadyserve.txt").write_text("Broken", encoding="utf-8")
     make_repository(repo / "spaced", **{"bad name": EXAMPLE})  # repo/spaced/bad name
     (repo / "spaced").rename(repo / "bad name")
-    with ServerProcess(
-        "--model_repository", str(repo), "--max_consecutive_crashes", "2",
-        "--restart_backoff_s", "0.1", wait_ready=False,
-    ) as srv, srv.client() as c:
+    with (
+        ServerProcess(
+            "--model_repository",
+            str(repo),
+            "--max_consecutive_crashes",
+            "2",
+            "--restart_backoff_s",
+            "0.1",
+            wait_ready=False,
+        ) as srv,
+        srv.client() as c,
+    ):
         lives: list[int] = []
 
         def ready() -> bool:

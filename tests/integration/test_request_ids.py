@@ -26,7 +26,9 @@ SECRET = "secret-prompt-text-4242"
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    with ServerProcess("--model_class", FAULTY, "--model_name", "faulty", "--log_format", "json") as srv:
+    with ServerProcess(
+        "--model_class", FAULTY, "--model_name", "faulty", "--log_format", "json"
+    ) as srv:
         yield srv
 
 
@@ -96,13 +98,18 @@ def test_json_access_log_carries_request_id(server: ServerProcess, client: httpx
 
     def access_line() -> dict[str, object] | None:
         for entry in json_lines(server):
-            if entry.get("logger") == "steadyserve.access" and entry.get("request_id") == "log-id-7":
+            if (
+                entry.get("logger") == "steadyserve.access"
+                and entry.get("request_id") == "log-id-7"
+            ):
                 return entry
         return None
 
     entry = wait_for(access_line, timeout=10)
     assert entry["level"] == "info"
-    assert entry["message"] == f"POST /v1/models/{{name}}:predict 200 {entry['message'].split()[-1]}"
+    assert (
+        entry["message"] == f"POST /v1/models/{{name}}:predict 200 {entry['message'].split()[-1]}"
+    )
     assert str(entry["message"]).endswith("ms")
     assert entry["method"] == "POST" and entry["route"] == "/v1/models/{name}:predict"
     assert entry["status"] == 200 and isinstance(entry["duration_ms"], float)
@@ -139,19 +146,28 @@ async def _unhandled_exception() -> None:
         assert r.status_code == 200 and GENERATED.fullmatch(r.headers["x-request-id"])
 
 
-def test_worker_lines_are_json_and_name_the_request(server: ServerProcess,
-                                                    client: httpx.Client) -> None:
+def test_worker_lines_are_json_and_name_the_request(
+    server: ServerProcess, client: httpx.Client
+) -> None:
     """LOG_FORMAT=json: the model workers' lines are JSON objects too, and a request's failure
     logged by the worker carries that request's id."""
     r = predict(client, "raise", **{"X-Request-ID": "worker-id-9"})
     assert r.status_code == 500
-    line = wait_for(lambda: next((e for e in json_lines(server)
-                                  if e.get("request_id") == "worker-id-9"
-                                  and "worker_pid" in e), None))
+    line = wait_for(
+        lambda: next(
+            (
+                e
+                for e in json_lines(server)
+                if e.get("request_id") == "worker-id-9" and "worker_pid" in e
+            ),
+            None,
+        )
+    )
     assert "boom" in str(line["message"]) and line["level"] == "warning"
     text_lines = [ln for ln in server.logs().splitlines() if ln.strip()]
     assert all(ln.startswith("{") for ln in text_lines), [
-        ln for ln in text_lines if not ln.startswith("{")][:3]
+        ln for ln in text_lines if not ln.startswith("{")
+    ][:3]
     assert predict(client, "fine").status_code == 200
 
 
@@ -160,15 +176,22 @@ def test_json_logs_of_a_hugging_face_model_are_all_json(tiny_gpt2_dir: str) -> N
     loading) go through our handler: with LOG_FORMAT=json every line, server's and worker's, is
     a JSON object."""
     env = {"LOG_FORMAT": "json", "STEADYSERVE_WORKER_LOG_LEVEL": "info"}
-    with ServerProcess("--model_dir", tiny_gpt2_dir, "--model_name", "gpt2", env=env) as srv, \
-            srv.client() as c:
+    with (
+        ServerProcess("--model_dir", tiny_gpt2_dir, "--model_name", "gpt2", env=env) as srv,
+        srv.client() as c,
+    ):
         for path in ("/v1/completions", "/v1/models/gpt2:predict"):
-            body = ({"model": "gpt2", "prompt": "hello", "max_tokens": 3} if "completions" in path
-                    else {"instances": ["hello"]})
+            body = (
+                {"model": "gpt2", "prompt": "hello", "max_tokens": 3}
+                if "completions" in path
+                else {"instances": ["hello"]}
+            )
             assert c.post(path, json=body).status_code == 200
         logs = srv.logs()
     lines = [ln for ln in logs.splitlines() if ln.strip()]
     assert any('"worker_pid"' in ln for ln in lines)
-    assert all(ln.startswith("{") for ln in lines), [ln for ln in lines if not ln.startswith("{")][:3]
+    assert all(ln.startswith("{") for ln in lines), [ln for ln in lines if not ln.startswith("{")][
+        :3
+    ]
     for ln in lines:
         json.loads(ln)

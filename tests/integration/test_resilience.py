@@ -22,8 +22,9 @@ BASE = ["--model_class", FAULTY, "--model_name", "faulty", "--restart_backoff_s"
 
 
 def predict(url: str, item: str, timeout: float = 20) -> httpx.Response:
-    return httpx.post(f"{url}/v1/models/faulty:predict", json={"instances": [item]},
-                      timeout=timeout)
+    return httpx.post(
+        f"{url}/v1/models/faulty:predict", json={"instances": [item]}, timeout=timeout
+    )
 
 
 def status(url: str, path: str) -> int:
@@ -55,8 +56,10 @@ def _stream(url: str, prompt: str, max_tokens: int) -> list[str]:
 def test_sigterm_to_the_process_group_still_drains() -> None:
     """systemd, `timeout`, tini -g signal the whole group: the worker must not die under
     requests the server is draining."""
-    with ServerProcess(*BASE, "--graceful_shutdown_s", "10", new_session=True) as srv, \
-            ThreadPoolExecutor(1) as pool:
+    with (
+        ServerProcess(*BASE, "--graceful_shutdown_s", "10", new_session=True) as srv,
+        ThreadPoolExecutor(1) as pool,
+    ):
         stream = pool.submit(_stream, srv.url, "slow", 40)  # ~2 s of tokens
         wait_for(lambda: srv.debug()["models"]["faulty"]["in_flight"] == 1, timeout=5)
         assert srv.proc is not None
@@ -87,19 +90,26 @@ def test_a_stream_nobody_reads_is_bounded_counted_and_harmless() -> None:
     of events (the sequence is then stopped in the worker), the stream still counts against
     --max_queue_size until it ends, and its disconnect does not stall anyone else."""
     with ServerProcess(*BASE, "--max_queue_size", "1") as srv:
-        body = json.dumps({"model": "faulty", "prompt": "p", "max_tokens": 200_000,
-                           "stream": True}).encode()
+        body = json.dumps(
+            {"model": "faulty", "prompt": "p", "max_tokens": 200_000, "stream": True}
+        ).encode()
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", srv.port))
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
-                     b"application/json\r\ncontent-length: " + str(len(body)).encode()
-                     + b"\r\n\r\n" + body)
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+            b"application/json\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
         try:
             wait_for(lambda: srv.debug()["models"]["faulty"]["in_flight"] == 1, timeout=10)
             # generation stops far short of 200k tokens: the unread backlog is capped
-            wait_for(lambda: srv.debug()["models"]["faulty"]["worker_running"] == 0
-                     and srv.debug()["models"]["faulty"]["in_flight"] == 0, timeout=20)
+            wait_for(
+                lambda: (
+                    srv.debug()["models"]["faulty"]["worker_running"] == 0
+                    and srv.debug()["models"]["faulty"]["in_flight"] == 0
+                ),
+                timeout=20,
+            )
             r = predict(srv.url, "ok")  # the unread stream still holds the only slot
             assert r.status_code == 429, r.text
         finally:
@@ -115,9 +125,11 @@ def test_client_leaving_mid_upload_is_499_not_500() -> None:
     with ServerProcess(*BASE) as srv:
         for _ in range(3):
             with socket.create_connection(("127.0.0.1", srv.port)) as sock:
-                sock.sendall(b"POST /v1/models/faulty:predict HTTP/1.1\r\nhost: x\r\n"
-                             b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n"
-                             b'{"instances": [')
+                sock.sendall(
+                    b"POST /v1/models/faulty:predict HTTP/1.1\r\nhost: x\r\n"
+                    b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+                    b'{"instances": ['
+                )
                 time.sleep(0.2)
         wait_for(lambda: srv.logs().count(":predict 499") >= 3, timeout=10)
         logs = srv.logs()
@@ -131,12 +143,21 @@ def test_explicit_load_survives_a_killed_worker(tmp_path: Path) -> None:
     """A worker killed while a repository load is under way is restarted like any crash, and
     the load still succeeds (only the model's own load error ends it at once)."""
     repo = make_repository(tmp_path / "repo", faulty=FAULTY)
-    with ServerProcess("--model_repository", str(repo), "--restart_backoff_s", "0.1",
-                       env={"FAULTY_LOAD_DELAY": "1.5"}) as srv, srv.client(timeout=60) as c:
+    with (
+        ServerProcess(
+            "--model_repository",
+            str(repo),
+            "--restart_backoff_s",
+            "0.1",
+            env={"FAULTY_LOAD_DELAY": "1.5"},
+        ) as srv,
+        srv.client(timeout=60) as c,
+    ):
         assert c.post("/v2/repository/models/faulty/unload").status_code == 200
         result: dict[str, httpx.Response] = {}
         loader = threading.Thread(
-            target=lambda: result.setdefault("r", c.post("/v2/repository/models/faulty/load")))
+            target=lambda: result.setdefault("r", c.post("/v2/repository/models/faulty/load"))
+        )
         loader.start()
         pid = wait_for(lambda: (srv.debug()["models"].get("faulty") or {}).get("pid"), timeout=10)
         time.sleep(0.3)  # inside the model's load
@@ -148,7 +169,8 @@ def test_explicit_load_survives_a_killed_worker(tmp_path: Path) -> None:
 
 
 def test_files_in_the_working_directory_do_not_shadow_packages_in_the_worker(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """A stray ``msgspec.py`` (or ``triton.py``...) in the directory the server starts from
     must not be imported by the model worker in place of the installed package; a model class
     given as ``module:Class`` is still found there."""
@@ -164,9 +186,22 @@ def test_files_in_the_working_directory_do_not_shadow_packages_in_the_worker(
     for model_class in (FAULTY, "my_scaler:Scaler"):
         port = free_port()
         proc = subprocess.Popen(
-            [str(exe), "serve", "--host", "127.0.0.1", "--http_port", str(port),
-             "--model_class", model_class, "--model_name", "m"],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            [
+                str(exe),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--http_port",
+                str(port),
+                "--model_class",
+                model_class,
+                "--model_name",
+                "m",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             wait_for(lambda u=url: _ready(u), timeout=60)

@@ -59,9 +59,7 @@ def test_predict_and_infer(client: httpx.Client) -> None:
     assert r.status_code == 200
     assert r.json()["id"] == "abc"
     assert r.json()["model_version"] == "1"
-    r = client.post(
-        "/v2/models/scaler/infer", json={**GOOD_V2, "outputs": [{"name": "y"}]}
-    )
+    r = client.post("/v2/models/scaler/infer", json={**GOOD_V2, "outputs": [{"name": "y"}]})
     assert r.status_code == 200 and [o["name"] for o in r.json()["outputs"]] == ["y"]
 
 
@@ -72,39 +70,113 @@ def test_predict_and_infer(client: httpx.Client) -> None:
         ("post", "/v1/models/scaler:predict", {"content": b""}, 400, "empty"),
         ("post", "/v1/models/scaler:predict", {"json": {"instances": []}}, 400, "non-empty"),
         ("post", "/v1/models/scaler:predict", {"json": {"wrong": 1}}, 400, "instances"),
-        ("post", "/v1/models/scaler:predict", {"json": {"instances": ["a"]}}, 400, "must be numbers"),
-        ("post", "/v1/models/scaler:predict", {"json": {"instances": [[1, 2], [3]]}}, 400,
-         "instance 1 has shape [1] but instance 0 has [2]"),
-        ("post", "/v1/models/scaler:predict", {"json": {"instances": [["a", "b"]]}}, 400,
-         "input 'x': FP32 elements must be numbers"),
+        (
+            "post",
+            "/v1/models/scaler:predict",
+            {"json": {"instances": ["a"]}},
+            400,
+            "must be numbers",
+        ),
+        (
+            "post",
+            "/v1/models/scaler:predict",
+            {"json": {"instances": [[1, 2], [3]]}},
+            400,
+            "instance 1 has shape [1] but instance 0 has [2]",
+        ),
+        (
+            "post",
+            "/v1/models/scaler:predict",
+            {"json": {"instances": [["a", "b"]]}},
+            400,
+            "input 'x': FP32 elements must be numbers",
+        ),
         ("post", "/v1/models/scaler:predict", {"json": {"inputs": [[[1, 2], [3]]]}}, 400, "ragged"),
-        ("post", "/v2/models/scaler/versions/999/infer", {"json": GOOD_V2}, 404,
-         "model scaler has no version '999'; its versions: 1"),
+        (
+            "post",
+            "/v2/models/scaler/versions/999/infer",
+            {"json": GOOD_V2},
+            404,
+            "model scaler has no version '999'; its versions: 1",
+        ),
         ("get", "/v2/models/scaler/versions/999", {}, 404, "its versions: 1"),
         ("get", "/v2/models/scaler/versions/999/ready", {}, 404, "its versions: 1"),
-        ("post", "/v2/models/scaler/infer",
-         {"json": {**GOOD_V2, "outputs": [{"name": "y", "parameters": {"classification": 2}}]}},
-         400, "parameter 'classification'"),
-        ("post", "/v2/models/scaler/infer",
-         {"json": {**GOOD_V2, "outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}]}},
-         400, "'binary_data' must be a boolean"),
+        (
+            "post",
+            "/v2/models/scaler/infer",
+            {"json": {**GOOD_V2, "outputs": [{"name": "y", "parameters": {"classification": 2}}]}},
+            400,
+            "parameter 'classification'",
+        ),
+        (
+            "post",
+            "/v2/models/scaler/infer",
+            {"json": {**GOOD_V2, "outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}]}},
+            400,
+            "'binary_data' must be a boolean",
+        ),
         ("post", "/v1/models/nope:predict", {"json": {"instances": [1]}}, 404, "nope"),
         ("get", "/v1/models/nope", {}, 404, "nope"),
         ("post", "/v2/models/scaler/infer", {"content": b"[1,"}, 400, "JSON"),
-        ("post", "/v2/models/scaler/infer", {"json": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1]}]}}, 400, "elements"),
-        ("post", "/v2/models/scaler/infer", {"json": {"inputs": [{"name": "q", "datatype": "FP32", "shape": [1, 1], "data": [1]}]}}, 400, "unknown input"),
-        ("post", "/v2/models/scaler/infer", {"json": {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 1], "data": [1]}]}}, 400, "datatype"),
-        ("post", "/v2/models/scaler/infer", {"json": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}]}}, 400, "shape"),
+        (
+            "post",
+            "/v2/models/scaler/infer",
+            {"json": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1]}]}},
+            400,
+            "elements",
+        ),
+        (
+            "post",
+            "/v2/models/scaler/infer",
+            {"json": {"inputs": [{"name": "q", "datatype": "FP32", "shape": [1, 1], "data": [1]}]}},
+            400,
+            "unknown input",
+        ),
+        (
+            "post",
+            "/v2/models/scaler/infer",
+            {
+                "json": {
+                    "inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 1], "data": [1]}]
+                }
+            },
+            400,
+            "datatype",
+        ),
+        (
+            "post",
+            "/v2/models/scaler/infer",
+            {"json": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}]}},
+            400,
+            "shape",
+        ),
         ("post", "/v2/models/nope/infer", {"json": GOOD_V2}, 404, "nope"),
         ("get", "/v2/models/nope", {}, 404, "nope"),
         ("get", "/v2/models/nope/ready", {}, 404, "nope"),
         ("get", "/no/such/route", {}, 404, "no route"),
-        ("post", "/v1/models/scaler:predict", {"json": {"instances": [1]}, "headers": {"x-request-timeout": "abc"}}, 400, "timeout"),
-        ("post", "/v1/models/scaler:predict", {"json": {"instances": [1]}, "headers": {"x-request-timeout": "-1"}}, 400, "timeout"),
+        (
+            "post",
+            "/v1/models/scaler:predict",
+            {"json": {"instances": [1]}, "headers": {"x-request-timeout": "abc"}},
+            400,
+            "timeout",
+        ),
+        (
+            "post",
+            "/v1/models/scaler:predict",
+            {"json": {"instances": [1]}, "headers": {"x-request-timeout": "-1"}},
+            400,
+            "timeout",
+        ),
     ],
 )
 def test_errors_then_good(
-    client: httpx.Client, method: str, path: str, kwargs: dict, status: int, needle: str  # type: ignore[type-arg]
+    client: httpx.Client,
+    method: str,
+    path: str,
+    kwargs: dict,
+    status: int,
+    needle: str,  # type: ignore[type-arg]
 ) -> None:
     r = getattr(client, method)(path, **kwargs)
     assert r.status_code == status, r.text
@@ -140,17 +212,29 @@ LONG_INT = b"1" + b"0" * 5000  # past Python's 4300-digit int conversion limit
     ("path", "body", "needle"),
     [
         ("/v1/models/scaler:predict", b'{"instances": [["\\ud800"]]}', "surrogate"),
-        ("/v1/models/scaler:predict", b'{"instances": [[1]], "parameters": {"p": "a\\udfff"}}',
-         "surrogate"),
-        ("/v1/models/scaler:predict", b'{"instances": [[1]], "parameters": {"\\ud800": 1}}',
-         "surrogate"),
-        ("/v2/models/scaler/infer",
-         b'{"id": "\\ud800", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], '
-         b'"data": [1]}]}', "surrogate"),
+        (
+            "/v1/models/scaler:predict",
+            b'{"instances": [[1]], "parameters": {"p": "a\\udfff"}}',
+            "surrogate",
+        ),
+        (
+            "/v1/models/scaler:predict",
+            b'{"instances": [[1]], "parameters": {"\\ud800": 1}}',
+            "surrogate",
+        ),
+        (
+            "/v2/models/scaler/infer",
+            b'{"id": "\\ud800", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], '
+            b'"data": [1]}]}',
+            "surrogate",
+        ),
         ("/v1/models/scaler:predict", b'{"instances": [[36893488147419103232]]}', "64-bit"),
-        ("/v2/models/scaler/infer",
-         b'{"parameters": {"k": 36893488147419103232}, "inputs": [{"name": "x", '
-         b'"datatype": "FP32", "shape": [1, 1], "data": [1]}]}', "64-bit"),
+        (
+            "/v2/models/scaler/infer",
+            b'{"parameters": {"k": 36893488147419103232}, "inputs": [{"name": "x", '
+            b'"datatype": "FP32", "shape": [1, 1], "data": [1]}]}',
+            "64-bit",
+        ),
         ("/v1/models/scaler:predict", b'{"instances": [[' + LONG_INT + b"]]}", "number"),
         ("/openai/v1/completions", b'{"model": "a\\udfffb", "prompt": "x"}', "surrogate"),
     ],
@@ -177,14 +261,18 @@ def test_nan_and_infinity_round_trip(client: httpx.Client) -> None:
     import json
     import math
 
-    r = client.post("/v1/models/scaler:predict", content=b'{"instances": [[NaN, Infinity]]}',
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/models/scaler:predict",
+        content=b'{"instances": [[NaN, Infinity]]}',
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 200, r.text
     (row,) = json.loads(r.text)["predictions"]
     assert math.isnan(row[0]) and row[1] == math.inf
     body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [NaN, -Infinity]}]}'
-    r = client.post("/v2/models/scaler/infer", content=body,
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/v2/models/scaler/infer", content=body, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 200, r.text
     data = json.loads(r.text)["outputs"][0]["data"]
     assert math.isnan(data[0]) and data[1] == -math.inf

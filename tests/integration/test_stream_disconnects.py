@@ -27,8 +27,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     from steadyserve.runtimes.huggingface import tiny
 
     path = tiny.build_gpt2(tmp_path_factory.mktemp("models") / "gpt2-base", preset="gpt2")
-    with ServerProcess("--model_dir", path, "--model_name", "gpt2", "--max_num_seqs", "64",
-                       ready_timeout=180) as srv:
+    with ServerProcess(
+        "--model_dir", path, "--model_name", "gpt2", "--max_num_seqs", "64", ready_timeout=180
+    ) as srv:
         yield srv
 
 
@@ -41,8 +42,13 @@ def cancelled_total(server: ServerProcess) -> float:
 
 def test_forty_clients_leaving_mid_stream_leave_no_work_behind(server: ServerProcess) -> None:
     before = cancelled_total(server)
-    body = {"model": "gpt2", "prompt": "Once upon a time", "max_tokens": 400,
-            "ignore_eos": True, "stream": True}
+    body = {
+        "model": "gpt2",
+        "prompt": "Once upon a time",
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+    }
     all_streaming = asyncio.Event()
     streaming = 0
     in_flight_when_all_streaming: list[int] = []
@@ -80,7 +86,9 @@ def test_forty_clients_leaving_mid_stream_leave_no_work_behind(server: ServerPro
     wait_for(idle, timeout=10)
     assert cancelled_total(server) - before == CLIENTS
     with server.client(timeout=60) as c:
-        r = c.post("/openai/v1/completions", json={"model": "gpt2", "prompt": "Hello",
-                                                   "max_tokens": 3, "ignore_eos": True})
+        r = c.post(
+            "/openai/v1/completions",
+            json={"model": "gpt2", "prompt": "Hello", "max_tokens": 3, "ignore_eos": True},
+        )
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] == 3

@@ -14,9 +14,15 @@ from steadyserve.settings import ENV_VARS
 
 ROOT = Path(__file__).resolve().parents[2]
 KSERVE = ROOT / "deploy" / "kserve"
-RUNTIMES = {"cluster-serving-runtime.yaml": "ClusterServingRuntime",
-            "serving-runtime.yaml": "ServingRuntime"}
-SERVICES = ["inferenceservice-hf.yaml", "inferenceservice-custom.yaml", "inferenceservice-grpc.yaml"]
+RUNTIMES = {
+    "cluster-serving-runtime.yaml": "ClusterServingRuntime",
+    "serving-runtime.yaml": "ServingRuntime",
+}
+SERVICES = [
+    "inferenceservice-hf.yaml",
+    "inferenceservice-custom.yaml",
+    "inferenceservice-grpc.yaml",
+]
 #: env vars KServe or the platform set that are not ours
 FOREIGN_ENV = {"PROTOCOL_VERSION", "STORAGE_URI"}
 

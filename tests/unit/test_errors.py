@@ -13,7 +13,9 @@ from steadyserve.transport.http import error_response
 
 
 def _request(path: str) -> Request:
-    return Request({"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""})
+    return Request(
+        {"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""}
+    )
 
 
 @pytest.mark.parametrize("cls", errors.ALL_ERRORS)
@@ -40,7 +42,9 @@ def test_client_and_server_errors_are_separated() -> None:
 
 
 def test_retry_after_header_and_bounded_message() -> None:
-    resp = error_response(_request("/v1/models/m:predict"), errors.QueueFull("x" * 5000, retry_after=2))
+    resp = error_response(
+        _request("/v1/models/m:predict"), errors.QueueFull("x" * 5000, retry_after=2)
+    )
     assert resp.status_code == 429
     assert resp.headers["retry-after"] == "2"
     assert len(json.loads(bytes(resp.body))["error"]) <= errors.MAX_MESSAGE_CHARS

@@ -25,8 +25,9 @@ class FakeEngine:
         self.closed_early = 0
         self.fail_after = fail_after
 
-    async def generate(self, request: GenerateRequest, timeout_s: float | None = None
-                       ) -> AsyncIterator[TokenDelta]:
+    async def generate(
+        self, request: GenerateRequest, timeout_s: float | None = None
+    ) -> AsyncIterator[TokenDelta]:
         self.requests.append(request)
         n = request.params.max_tokens
         finished = False
@@ -37,23 +38,50 @@ class FakeEngine:
                     raise ModelError("boom")
                 last = i == n - 1
                 finished = last
-                yield TokenDelta(token_ids=[i], text=f"t{i} ",
-                                 finish_reason="length" if last else None)
+                yield TokenDelta(
+                    token_ids=[i], text=f"t{i} ", finish_reason="length" if last else None
+                )
         finally:
             if not finished:
                 self.closed_early += 1
 
 
-def job(engine: FakeEngine, *, prompts: int = 1, n: int = 1, max_tokens: int = 5,
-        stops: list[str] | None = None, seed: int | None = None, chat: bool = False,
-        stream: bool = False, logprobs: int | None = None,
-        echo: list[str] | None = None) -> ro._Job:
+def job(
+    engine: FakeEngine,
+    *,
+    prompts: int = 1,
+    n: int = 1,
+    max_tokens: int = 5,
+    stops: list[str] | None = None,
+    seed: int | None = None,
+    chat: bool = False,
+    stream: bool = False,
+    logprobs: int | None = None,
+    echo: list[str] | None = None,
+) -> ro._Job:
     base = SamplingParams(seed=seed)
-    seqs = ro._sequences([f"p{i}" for i in range(prompts)], [3] * prompts, base,
-                         [max_tokens] * prompts, n, context=False)
-    return ro._Job(chat=chat, model="fake", engine=engine, tokenizer=None,  # type: ignore[arg-type]
-                   seqs=seqs, stops=stops or [], stream=stream, include_usage=True,
-                   logprobs=logprobs, echo=echo, timeout_s=None, n=n)
+    seqs = ro._sequences(
+        [f"p{i}" for i in range(prompts)],
+        [3] * prompts,
+        base,
+        [max_tokens] * prompts,
+        n,
+        context=False,
+    )
+    return ro._Job(
+        chat=chat,
+        model="fake",
+        engine=engine,
+        tokenizer=None,  # type: ignore[arg-type]
+        seqs=seqs,
+        stops=stops or [],
+        stream=stream,
+        include_usage=True,
+        logprobs=logprobs,
+        echo=echo,
+        timeout_s=None,
+        n=n,
+    )
 
 
 def test_usage_counts_each_prompt_once_and_every_generated_token() -> None:
@@ -69,7 +97,10 @@ def test_seeds_differ_per_choice() -> None:
     engine = FakeEngine()
     asyncio.run(ro._collect(job(engine, n=3, seed=10)))
     assert sorted(r.params.seed for r in engine.requests if r.params.seed is not None) == [
-        10, 11, 12]
+        10,
+        11,
+        12,
+    ]
     engine = FakeEngine()
     asyncio.run(ro._collect(job(engine, n=2)))
     assert [r.params.seed for r in engine.requests] == [None, None]
@@ -91,7 +122,7 @@ async def _sse(j: ro._Job) -> list[Any]:
     async for chunk in ro._sse_body(j, first, events):
         text = chunk.decode()
         assert text.startswith("data: ") and text.endswith("\n\n")
-        payload = text[len("data: "):-2]
+        payload = text[len("data: ") : -2]
         out.append(payload if payload == "[DONE]" else json.loads(payload))
     return out
 
@@ -127,8 +158,7 @@ def test_one_failing_choice_cancels_the_others() -> None:
 
 def test_seq_spec_carries_token_prompts() -> None:
     seqs = ro._sequences([[1, 2]], [2], SamplingParams(), [4], 1, context=True)
-    assert seqs == [SeqSpec(index=0, request=seqs[0].request, prompt_tokens=2,
-                            context_ids=[1, 2])]
+    assert seqs == [SeqSpec(index=0, request=seqs[0].request, prompt_tokens=2, context_ids=[1, 2])]
     assert seqs[0].request.prompt_token_ids == [1, 2] and seqs[0].request.params.max_tokens == 4
 
 
@@ -138,16 +168,19 @@ def test_streamed_text_offsets_run_on_like_the_non_streaming_ones() -> None:
     step = len("token_id:0")  # no tokenizer: each token's text is token_id:<id>
     for echo in (None, ["p0", "p1"]):
         shift = 2 if echo else 0
-        full = asyncio.run(ro._collect(job(FakeEngine(), prompts=2, n=2, max_tokens=4,
-                                           logprobs=0, echo=echo)))
+        full = asyncio.run(
+            ro._collect(job(FakeEngine(), prompts=2, n=2, max_tokens=4, logprobs=0, echo=echo))
+        )
         for choice in full["choices"]:
             assert choice["logprobs"]["text_offset"] == [shift + i * step for i in range(4)]
-        chunks = asyncio.run(_sse(job(FakeEngine(), prompts=2, n=2, max_tokens=4, logprobs=0,
-                                      echo=echo, stream=True)))
+        chunks = asyncio.run(
+            _sse(
+                job(FakeEngine(), prompts=2, n=2, max_tokens=4, logprobs=0, echo=echo, stream=True)
+            )
+        )
         streamed: dict[int, list[int]] = {}
         for c in chunks:
             if isinstance(c, dict) and c["choices"] and c["choices"][0]["logprobs"]:
                 choice = c["choices"][0]
-                streamed.setdefault(choice["index"], []).extend(
-                    choice["logprobs"]["text_offset"])
+                streamed.setdefault(choice["index"], []).extend(choice["logprobs"]["text_offset"])
         assert streamed == {c["index"]: c["logprobs"]["text_offset"] for c in full["choices"]}

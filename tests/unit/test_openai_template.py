@@ -11,8 +11,10 @@ import pytest
 
 from steadyserve.protocol import openai_template as ot
 
-VARIABLES: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}],
-                             "add_generation_prompt": True}
+VARIABLES: dict[str, Any] = {
+    "messages": [{"role": "user", "content": "hi"}],
+    "add_generation_prompt": True,
+}
 GOOD = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
 
 
@@ -25,21 +27,24 @@ def refused(template: str) -> ot.TemplateError:
     return info.value
 
 
-@pytest.mark.parametrize(("template", "kind"), [
-    ("{{ 1/0 }}", "ZeroDivisionError"),
-    ("{{ 1 // 0 }}", "ZeroDivisionError"),
-    ("{{ 2.0 ** 5000 }}", "OverflowError"),
-    ("{{ range(10**6) | list }}", "OverflowError"),  # the sandbox's range limit
-    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError"),
-    ("{{ messages | sum }}", "TypeError"),
-    ("{{ '%d' % 'x' }}", "TypeError"),
-    ("{{ '%(a)s' % {} }}", "KeyError"),
-    ("{{ '{0}'.format() }}", "IndexError"),
-    ("{{ messages.x.y }}", "has no attribute"),
-    ("{{ [] | first | attr('x') }}", "No first item"),
-    ("{{ messages[0] | dictsort(by='nope') }}", "sort by"),
-    ("{% for %}", "invalid"),
-])
+@pytest.mark.parametrize(
+    ("template", "kind"),
+    [
+        ("{{ 1/0 }}", "ZeroDivisionError"),
+        ("{{ 1 // 0 }}", "ZeroDivisionError"),
+        ("{{ 2.0 ** 5000 }}", "OverflowError"),
+        ("{{ range(10**6) | list }}", "OverflowError"),  # the sandbox's range limit
+        ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError"),
+        ("{{ messages | sum }}", "TypeError"),
+        ("{{ '%d' % 'x' }}", "TypeError"),
+        ("{{ '%(a)s' % {} }}", "KeyError"),
+        ("{{ '{0}'.format() }}", "IndexError"),
+        ("{{ messages.x.y }}", "has no attribute"),
+        ("{{ [] | first | attr('x') }}", "No first item"),
+        ("{{ messages[0] | dictsort(by='nope') }}", "sort by"),
+        ("{% for %}", "invalid"),
+    ],
+)
 def test_any_template_error_is_a_400(template: str, kind: str) -> None:
     assert kind in refused(template).message
 
@@ -75,10 +80,13 @@ def test_huge_operations_are_refused_fast(template: str) -> None:
 
 
 def test_ordinary_arithmetic_and_formatting_still_work() -> None:
-    tpl = ("{{ 2**100 }} {{ 3 * 4 }} {{ 'ab' * 3 }} {{ [1] + [2] }} {{ '%05d' % 42 }} "
-           "{{ '{:>4}'.format('x') }} {{ 'x' | center(5) }} {{ 7 % 3 }} {{ 2.0 ** 10 }}")
+    tpl = (
+        "{{ 2**100 }} {{ 3 * 4 }} {{ 'ab' * 3 }} {{ [1] + [2] }} {{ '%05d' % 42 }} "
+        "{{ '{:>4}'.format('x') }} {{ 'x' | center(5) }} {{ 7 % 3 }} {{ 2.0 ** 10 }}"
+    )
     assert ot.render_template_sandboxed(tpl, VARIABLES) == (
-        "1267650600228229401496703205376 12 ababab [1, 2] 00042    x   x   1 1024.0")
+        "1267650600228229401496703205376 12 ababab [1, 2] 00042    x   x   1 1024.0"
+    )
 
 
 def test_binop_bounds_directly() -> None:
@@ -87,8 +95,13 @@ def test_binop_bounds_directly() -> None:
     ot.check_template_binop("**", 10**6, -3, limit)  # a float result
     ot.check_template_binop("*", "ab", 500, limit)
     ot.check_template_binop("+", [0] * 500, [0] * 500, limit)
-    for op, left, right in (("**", 2, 17_000), ("*", 2**9000, 2**9000), ("*", "ab", 501),
-                            ("*", 1001, [0]), ("+", "x" * 600, "y" * 401),
-                            ("%", "%1001s", "x")):
+    for op, left, right in (
+        ("**", 2, 17_000),
+        ("*", 2**9000, 2**9000),
+        ("*", "ab", 501),
+        ("*", 1001, [0]),
+        ("+", "x" * 600, "y" * 401),
+        ("%", "%1001s", "x"),
+    ):
         with pytest.raises(ot.TemplateError):
             ot.check_template_binop(op, left, right, limit)

@@ -21,13 +21,28 @@ from steadyserve.protocol.openai_schema import (
 )
 from steadyserve.types import Capability, ModelInfo
 
-GEN = ModelInfo(name="gen", capabilities=[Capability.GENERATE, Capability.PREDICT,
-                                         Capability.INFER],
-                vocab_size=100, max_model_len=64, tokenizer_dir="/tok")
-CHAT = ModelInfo(name="chat", capabilities=[Capability.GENERATE, Capability.CHAT],
-                 vocab_size=100, max_model_len=64, tokenizer_dir="/tok")
-T5 = ModelInfo(name="t5", capabilities=[Capability.GENERATE, Capability.PREDICT, Capability.INFER],
-               vocab_size=100, max_model_len=512, tokenizer_dir="/tok", is_encoder_decoder=True)
+GEN = ModelInfo(
+    name="gen",
+    capabilities=[Capability.GENERATE, Capability.PREDICT, Capability.INFER],
+    vocab_size=100,
+    max_model_len=64,
+    tokenizer_dir="/tok",
+)
+CHAT = ModelInfo(
+    name="chat",
+    capabilities=[Capability.GENERATE, Capability.CHAT],
+    vocab_size=100,
+    max_model_len=64,
+    tokenizer_dir="/tok",
+)
+T5 = ModelInfo(
+    name="t5",
+    capabilities=[Capability.GENERATE, Capability.PREDICT, Capability.INFER],
+    vocab_size=100,
+    max_model_len=512,
+    tokenizer_dir="/tok",
+    is_encoder_decoder=True,
+)
 EMB = ModelInfo(name="emb", capabilities=[Capability.EMBED], vocab_size=100)
 
 GOOD_COMPLETION: dict[str, Any] = {"model": "gen", "prompt": "hello", "max_tokens": 4}
@@ -128,10 +143,24 @@ def test_missing_fields_and_non_object_body() -> None:
 
 def test_good_completion_maps_every_sampling_field() -> None:
     plan = completion(
-        temperature=0.5, top_p=0.9, top_k=-1, seed=7, stop=["x", ""], logit_bias={"3": -100},
-        min_tokens=1, ignore_eos=True, presence_penalty=0.5, frequency_penalty=-0.5,
-        repetition_penalty=1.1, logprobs=2, n=2, best_of=2, user={"anything": 1},
-        response_format={"type": "text"}, unknown_field=[1, 2], stop_token_ids=[5],
+        temperature=0.5,
+        top_p=0.9,
+        top_k=-1,
+        seed=7,
+        stop=["x", ""],
+        logit_bias={"3": -100},
+        min_tokens=1,
+        ignore_eos=True,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        repetition_penalty=1.1,
+        logprobs=2,
+        n=2,
+        best_of=2,
+        user={"anything": 1},
+        response_format={"type": "text"},
+        unknown_field=[1, 2],
+        stop_token_ids=[5],
     )
     p = plan.params
     assert (p.temperature, p.top_p, p.top_k, p.seed) == (0.5, 0.9, 0, 7)
@@ -149,8 +178,7 @@ BAD_CHATS = [
     ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"messages": [{"content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-     "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
     ({"logprobs": 1}, "logprobs"),
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
@@ -168,19 +196,37 @@ BAD_CHATS = [
     ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
-    ({"messages": [{"role": "user", "content": "hi"},
-                   {"role": "assistant", "content": None,
-                    "tool_calls": [{"id": "1", "type": "function",
-                                    "function": {"name": "f", "arguments": "{}"}}]},
-                   {"role": "tool", "content": "x", "tool_call_id": "1"}]},
-     "messages[1].tool_calls"),
-    ({"messages": [{"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}}]},
-     "messages[0].function_call"),
+    (
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{}"},
+                        }
+                    ],
+                },
+                {"role": "tool", "content": "x", "tool_call_id": "1"},
+            ]
+        },
+        "messages[1].tool_calls",
+    ),
+    (
+        {"messages": [{"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}}]},
+        "messages[0].function_call",
+    ),
     # a user, system or developer message needs content
     ({"messages": [{"role": "user"}]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
-    ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": []}]},
-     "messages[1].content"),
+    (
+        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": []}]},
+        "messages[1].content",
+    ),
     ({"messages": [{"role": "developer", "content": None}]}, "messages[0].content"),
 ]
 
@@ -192,19 +238,32 @@ def test_bad_chat_is_400_naming_the_param(fields: dict[str, Any], param: str) ->
 
 
 def test_accepted_chat_extras_and_empty_assistant_content() -> None:
-    plan = chat(function_call="none", functions=[], modalities=["text"], tool_calls=None,
-                messages=[{"role": "user", "content": "hi"},
-                          {"role": "assistant", "content": None},
-                          {"role": "assistant", "content": [], "tool_calls": []},
-                          {"role": "user", "content": ""}])
+    plan = chat(
+        function_call="none",
+        functions=[],
+        modalities=["text"],
+        tool_calls=None,
+        messages=[
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None},
+            {"role": "assistant", "content": [], "tool_calls": []},
+            {"role": "user", "content": ""},
+        ],
+    )
     assert [m["content"] for m in plan.messages] == ["hi", "", "", ""]
 
 
 def test_chat_content_parts_are_joined_and_template_allowed_when_enabled() -> None:
     parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
-    plan = chat(messages=[{"role": "system", "content": "s"},
-                          {"role": "user", "content": parts, "name": "bob"}],
-                max_completion_tokens=3, logprobs=True, top_logprobs=2)
+    plan = chat(
+        messages=[
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": parts, "name": "bob"},
+        ],
+        max_completion_tokens=3,
+        logprobs=True,
+        top_logprobs=2,
+    )
     assert plan.messages[1] == {"role": "user", "content": "a\nb", "name": "bob"}
     assert plan.max_tokens == 3 and plan.params.logprobs == 2
     assert chat(allow=True, chat_template="{{ messages }}").messages
@@ -217,8 +276,10 @@ def test_capability_gating_names_what_the_model_supports() -> None:
     body = parse(ChatRequest, {**GOOD_CHAT, "model": "t5"})
     err = expect(400, "model", oa.plan_chat, body, T5, False)
     assert isinstance(err, UnsupportedEndpoint)
-    assert err.message == ("model t5 does not support chat completions (encoder-decoder model, "
-                           "no chat template); it supports: completions, v1, v2")
+    assert err.message == (
+        "model t5 does not support chat completions (encoder-decoder model, "
+        "no chat template); it supports: completions, v1, v2"
+    )
     # a request template does not make T5 a chat model, even when allowed
     body = parse(ChatRequest, {**GOOD_CHAT, "model": "t5", "chat_template": "x"})
     expect(400, "model", oa.plan_chat, body, T5, True)
@@ -262,13 +323,21 @@ def test_min_tokens_raises_the_default_budget() -> None:
     assert completion(max_tokens=None).budget(5, GEN, default=16) == 16
     assert chat(min_tokens=40).budget(5, CHAT, default=None) == 59  # chat: all the room
     expect(400, "min_tokens", chat(min_tokens=60).budget, 5, CHAT, default=None)
-    t5_plan = oa.plan_completion(parse(CompletionRequest, {**GOOD_COMPLETION, "model": "t5",
-                                                           "max_tokens": None,
-                                                           "min_tokens": 500}), T5)
+    t5_plan = oa.plan_completion(
+        parse(
+            CompletionRequest,
+            {**GOOD_COMPLETION, "model": "t5", "max_tokens": None, "min_tokens": 500},
+        ),
+        T5,
+    )
     assert t5_plan.budget(400, T5, default=16) == 500  # T5: the decoder's own limit, 512
-    big = oa.plan_completion(parse(CompletionRequest, {**GOOD_COMPLETION, "model": "t5",
-                                                       "max_tokens": None,
-                                                       "min_tokens": 600}), T5)
+    big = oa.plan_completion(
+        parse(
+            CompletionRequest,
+            {**GOOD_COMPLETION, "model": "t5", "max_tokens": None, "min_tokens": 600},
+        ),
+        T5,
+    )
     expect(400, "min_tokens", big.budget, 5, T5, default=16)
 
 
@@ -289,16 +358,20 @@ def test_prompt_character_precheck() -> None:
     oa.check_prompt_chars("x" * 320, GEN, 5, param="prompt")
     err = expect(400, "prompt", lambda: oa.check_prompt_chars("x" * 321, GEN, 5, param="prompt"))
     assert "321 characters" in err.message and "64 tokens" in err.message
-    err = expect(400, "input", lambda: oa.check_prompt_chars("x" * 321, GEN, 5, param="input",
-                                                             what="input[0]"))
+    err = expect(
+        400,
+        "input",
+        lambda: oa.check_prompt_chars("x" * 321, GEN, 5, param="input", what="input[0]"),
+    )
     assert err.message.startswith("input[0] has 321 characters")
     oa.check_prompt_chars("x" * 10**6, EMB, 5, param="input")  # no known limit: no pre-check
 
 
 def test_embedding_inputs() -> None:
     def inputs(value: Any) -> Any:
-        return oa.embedding_inputs(parse(EmbeddingRequest, {"model": "emb", "input": value}).input,
-                                   EMB)
+        return oa.embedding_inputs(
+            parse(EmbeddingRequest, {"model": "emb", "input": value}).input, EMB
+        )
 
     assert inputs("a") == (["a"], None)
     assert inputs(["a", "b"]) == (["a", "b"], None)
@@ -307,10 +380,20 @@ def test_embedding_inputs() -> None:
     for bad in ("", [], [""], [[]], [100], ["a"] * 2049):
         expect(400, "input", inputs, bad)
     expect(400, "input", parse, EmbeddingRequest, {"model": "emb", "input": 1.5})
-    expect(400, "encoding_format", parse, EmbeddingRequest,
-           {"model": "emb", "input": "a", "encoding_format": "hex"})
-    expect(400, "dimensions", parse, EmbeddingRequest,
-           {"model": "emb", "input": "a", "dimensions": "3"})
+    expect(
+        400,
+        "encoding_format",
+        parse,
+        EmbeddingRequest,
+        {"model": "emb", "input": "a", "encoding_format": "hex"},
+    )
+    expect(
+        400,
+        "dimensions",
+        parse,
+        EmbeddingRequest,
+        {"model": "emb", "input": "a", "dimensions": "3"},
+    )
 
 
 def test_embedding_response_float_and_base64() -> None:
@@ -326,13 +409,19 @@ def test_sandboxed_template_renders_and_is_bounded() -> None:
     tpl = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
     assert ot.render_template_sandboxed(tpl, variables) == "<user>hi"
     # the sandbox refuses unsafe attribute access
-    expect(400, "chat_template", ot.render_template_sandboxed,
-           "{{ messages.__class__.__mro__ }}", variables)
+    expect(
+        400,
+        "chat_template",
+        ot.render_template_sandboxed,
+        "{{ messages.__class__.__mro__ }}",
+        variables,
+    )
     expect(400, "chat_template", ot.render_template_sandboxed, "{% for %}", variables)
     # a template that loops forever (without output) is stopped by the time limit
     spin = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
-    err = expect(400, "chat_template", ot.render_template_sandboxed, spin, variables,
-                 time_limit_s=0.3)
+    err = expect(
+        400, "chat_template", ot.render_template_sandboxed, spin, variables, time_limit_s=0.3
+    )
     assert "within" in err.message
     # and one that writes too much by the output bound
     big = "{% for i in range(100000) %}xxxxxxxxxx{% endfor %}"
@@ -340,12 +429,17 @@ def test_sandboxed_template_renders_and_is_bounded() -> None:
 
 
 def test_usage_and_response_shapes() -> None:
-    c = resp.ChoiceState(index=0, text="hi", completion_tokens=2, prompt_tokens=3,
-                       finish_reason="stop")
+    c = resp.ChoiceState(
+        index=0, text="hi", completion_tokens=2, prompt_tokens=3, finish_reason="stop"
+    )
     body = resp.completion_response("cmpl-1", 1, "gen", [c], 3, False)
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    assert body["choices"][0] == {"index": 0, "text": "hi", "logprobs": None,
-                                  "finish_reason": "stop"}
+    assert body["choices"][0] == {
+        "index": 0,
+        "text": "hi",
+        "logprobs": None,
+        "finish_reason": "stop",
+    }
     chat_body = resp.chat_response("chatcmpl-1", 1, "chat", [c], 3, False)
     assert chat_body["object"] == "chat.completion"
     assert chat_body["choices"][0]["message"] == {"role": "assistant", "content": "hi"}

@@ -78,8 +78,16 @@ def test_mixed_json_and_binary_inputs() -> None:
     ],
 )
 def test_lying_binary_data_size(size: Any, tail: bytes, needle: str) -> None:
-    header = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2],
-                          "parameters": {"binary_data_size": size}}]}
+    header = {
+        "inputs": [
+            {
+                "name": "x",
+                "datatype": "FP32",
+                "shape": [2],
+                "parameters": {"binary_data_size": size},
+            }
+        ]
+    }
     with pytest.raises(InvalidInput, match=needle):
         decode(header, tail)
 
@@ -106,8 +114,17 @@ def test_bytes_elements_are_bounds_checked(raw: bytes) -> None:
 
 
 def test_data_and_binary_size_together_or_twice_are_refused() -> None:
-    header = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0],
-                          "parameters": {"binary_data_size": 4}}]}
+    header = {
+        "inputs": [
+            {
+                "name": "x",
+                "datatype": "FP32",
+                "shape": [1],
+                "data": [1.0],
+                "parameters": {"binary_data_size": 4},
+            }
+        ]
+    }
     with pytest.raises(InvalidInput, match="both"):
         decode(header, b"\0" * 4)
     header, tail = binary_body(("x", "FP32", [1], b"\0" * 4), ("x", "FP32", [1], b"\0" * 4))
@@ -121,8 +138,24 @@ def test_binary_tail_without_binary_inputs_is_refused() -> None:
         decode(header, b"junk")
 
 
-@pytest.mark.parametrize("header", [[], {"inputs": "x"}, {"inputs": [1]}, {"inputs": [
-    {"name": "", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}]}])
+@pytest.mark.parametrize(
+    "header",
+    [
+        [],
+        {"inputs": "x"},
+        {"inputs": [1]},
+        {
+            "inputs": [
+                {
+                    "name": "",
+                    "datatype": "FP32",
+                    "shape": [1],
+                    "parameters": {"binary_data_size": 4},
+                }
+            ]
+        },
+    ],
+)
 def test_malformed_headers(header: Any) -> None:
     with pytest.raises(InvalidInput):
         v2_binary.split_binary_inputs(header, b"\0" * 4)
@@ -138,8 +171,9 @@ def response() -> InferResponse:
     )
 
 
-def request(params: dict[str, Any] | None = None,
-            outputs: list[RequestedOutput] | None = None) -> InferRequest:
+def request(
+    params: dict[str, Any] | None = None, outputs: list[RequestedOutput] | None = None
+) -> InferRequest:
     return InferRequest(inputs=[], parameters=params or {}, outputs=outputs)
 
 
@@ -150,7 +184,9 @@ def split_response(framed: tuple[bytes, int]) -> tuple[dict[str, Any], bytes]:
 
 def test_plain_json_unless_binary_is_asked_for() -> None:
     assert v2_binary.encode_binary_response(request(), response()) is None
-    assert v2_binary.encode_binary_response(request({"binary_data_output": False}), response()) is None
+    assert (
+        v2_binary.encode_binary_response(request({"binary_data_output": False}), response()) is None
+    )
 
 
 def test_request_level_binary_output() -> None:

@@ -45,9 +45,7 @@ def test_numeric_datatypes_round_trip(datatype: str, data: list[Any], dtype: Any
 
 
 def test_bytes_and_nested_data() -> None:
-    req = v2.decode_infer_request(
-        body(datatype="BYTES", shape=[2], data=["héllo", "world"])
-    )
+    req = v2.decode_infer_request(body(datatype="BYTES", shape=[2], data=["héllo", "world"]))
     assert req.inputs[0].data == ["héllo".encode(), b"world"]
     nested = v2.decode_infer_request(body(data=[[1, 2], [3, 4]]))
     assert nested.inputs[0].to_numpy().tolist() == [[1, 2], [3, 4]]
@@ -124,7 +122,9 @@ class _M(Model):
 
 
 def test_infer_bridge_rows_and_back() -> None:
-    req = InferRequest(inputs=[tensor_from_numpy("x", np.arange(6, dtype=np.float32).reshape(3, 2))])
+    req = InferRequest(
+        inputs=[tensor_from_numpy("x", np.arange(6, dtype=np.float32).reshape(3, 2))]
+    )
     rows = infer_to_instances(req)
     assert rows == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
     resp = predictions_to_infer(_M("m"), req, [sum(r) for r in rows])
@@ -156,10 +156,14 @@ def test_infer_bridge_rows_and_back() -> None:
 @pytest.mark.parametrize(
     ("body_extra", "needle"),
     [
-        ({"outputs": [{"name": "y", "parameters": {"classification": 2}}]},
-         "output 'y': parameter 'classification' .* is not supported"),
-        ({"outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}]},
-         "output 'y': parameter 'binary_data' must be a boolean"),
+        (
+            {"outputs": [{"name": "y", "parameters": {"classification": 2}}]},
+            "output 'y': parameter 'classification' .* is not supported",
+        ),
+        (
+            {"outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}]},
+            "output 'y': parameter 'binary_data' must be a boolean",
+        ),
         ({"outputs": [{"name": "y", "parameters": {"binary_data": 1}}]}, "must be a boolean"),
         ({"parameters": {"binary_data_output": "true"}}, "'binary_data_output' must be a boolean"),
     ],

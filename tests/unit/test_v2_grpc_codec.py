@@ -41,17 +41,24 @@ def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
         pytest.skip(f"stubs come from grpcio-tools {generated_with} (see constraints.txt)")
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_grpc.py"), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     committed = ROOT / "src" / "steadyserve" / "protocol" / "grpc_gen"
-    for name in ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2.pyi",
-                 "grpc_predict_v2_pb2_grpc.py", "__init__.py"):
+    for name in (
+        "grpc_predict_v2_pb2.py",
+        "grpc_predict_v2_pb2.pyi",
+        "grpc_predict_v2_pb2_grpc.py",
+        "__init__.py",
+    ):
         assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
 
 
-def request_with(datatype: str, shape: list[int], field: str | None, values: list[Any],
-                 raw: bytes | None = None) -> Any:
+def request_with(
+    datatype: str, shape: list[int], field: str | None, values: list[Any], raw: bytes | None = None
+) -> Any:
     msg = pb.ModelInferRequest(model_name="m", id="r1")
     tensor = msg.inputs.add(name="x", datatype=datatype, shape=shape)
     if raw is not None:
@@ -146,15 +153,18 @@ def test_parameters_and_requested_outputs() -> None:
 
 def infer_response(*arrays: tuple[str, Any]) -> InferResponse:
     return InferResponse(
-        model_name="m", model_version="1", id="r1",
+        model_name="m",
+        model_version="1",
+        id="r1",
         outputs=[tensor_from_numpy(n, a) for n, a in arrays],
         parameters={"a": 1, "b": 0.5, "c": [1, 2]},
     )
 
 
 def test_encode_typed_and_raw() -> None:
-    resp = infer_response(("y", np.array([[1.5, 2.5]], dtype=np.float32)),
-                          ("w", np.array([b"x"], dtype=object)))
+    resp = infer_response(
+        ("y", np.array([[1.5, 2.5]], dtype=np.float32)), ("w", np.array([b"x"], dtype=object))
+    )
     plain = InferRequest(inputs=[])
     msg = pb.ModelInferRequest()
     assert not v2_grpc.wants_raw(msg, plain, resp)
@@ -175,17 +185,25 @@ def test_encode_typed_and_raw() -> None:
 def test_raw_when_asked_or_needed() -> None:
     resp = infer_response(("y", np.array([1.0], dtype=np.float32)))
     none = pb.ModelInferRequest()
-    assert v2_grpc.wants_raw(none, InferRequest(inputs=[], parameters={"binary_data_output": True}), resp)
+    assert v2_grpc.wants_raw(
+        none, InferRequest(inputs=[], parameters={"binary_data_output": True}), resp
+    )
     asked = InferRequest(inputs=[], outputs=[RequestedOutput("y", {"binary_data": True})])
     assert v2_grpc.wants_raw(none, asked, resp)
-    assert v2_grpc.wants_raw(pb.ModelInferRequest(raw_input_contents=[b""]), InferRequest(inputs=[]), resp)
+    assert v2_grpc.wants_raw(
+        pb.ModelInferRequest(raw_input_contents=[b""]), InferRequest(inputs=[]), resp
+    )
     half = infer_response(("y", np.array([1.0], dtype=np.float16)))
     assert v2_grpc.wants_raw(none, InferRequest(inputs=[]), half)
 
 
 def test_model_metadata() -> None:
-    info = ModelInfo(name="m", versions=["1"], inputs=[TensorSpec("x", "FP32", [-1, 2])],
-                     outputs=[TensorSpec("y", "INT64", [-1])])
+    info = ModelInfo(
+        name="m",
+        versions=["1"],
+        inputs=[TensorSpec("x", "FP32", [-1, 2])],
+        outputs=[TensorSpec("y", "INT64", [-1])],
+    )
     msg = v2_grpc.model_metadata(info)
     assert msg.name == "m" and list(msg.versions) == ["1"]
     assert [(t.name, t.datatype, list(t.shape)) for t in msg.inputs] == [("x", "FP32", [-1, 2])]
@@ -199,7 +217,10 @@ def test_every_error_maps_to_a_grpc_status() -> None:
     assert status_of(InvalidInput("x"))[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert status_of(ModelNotFound("x"))[0] == grpc.StatusCode.NOT_FOUND
     assert status_of(QueueFull("x"))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert status_of(ValueError("secret detail")) == (grpc.StatusCode.INTERNAL, "internal server error")
+    assert status_of(ValueError("secret detail")) == (
+        grpc.StatusCode.INTERNAL,
+        "internal server error",
+    )
 
 
 def test_requested_output_parameters_are_checked() -> None:

@@ -209,7 +209,9 @@ def _columns(model: Model, predictions: list[Any]) -> dict[str, list[Any]]:
     return {(model.outputs[0].name if model.outputs else "output-0"): predictions}
 
 
-def predictions_to_infer(model: Model, request: InferRequest, predictions: list[Any]) -> InferResponse:
+def predictions_to_infer(
+    model: Model, request: InferRequest, predictions: list[Any]
+) -> InferResponse:
     """Turn per-row predictions back into V2 output tensors, of the datatypes the model
     declares (see :func:`_to_array`)."""
     columns = _columns(model, predictions)

@@ -153,12 +153,17 @@ class ModelEngine(WorkerSupervisor):
                     continue
                 if delta.finish_reason is not None:
                     self._finish(rid, delta)
-                elif (pending.queue.qsize() >= MAX_UNREAD_DELTAS
-                      and time.monotonic() - pending.last_read > STREAM_STALL_S):
+                elif (
+                    pending.queue.qsize() >= MAX_UNREAD_DELTAS
+                    and time.monotonic() - pending.last_read > STREAM_STALL_S
+                ):
                     self._abort(rid, "aborted")
-                    pending.queue.put_nowait(InvalidInput(
-                        f"the client did not read its stream ({MAX_UNREAD_DELTAS} events "
-                        "unread); generation was stopped"))
+                    pending.queue.put_nowait(
+                        InvalidInput(
+                            f"the client did not read its stream ({MAX_UNREAD_DELTAS} events "
+                            "unread); generation was stopped"
+                        )
+                    )
                 else:
                     pending.queue.put_nowait(delta)
         elif isinstance(msg, ipc.Result):
@@ -239,7 +244,9 @@ class ModelEngine(WorkerSupervisor):
     # ---- admission -----------------------------------------------------------------------
     def _admit(self, kind: str, tokens: int) -> int:
         if self.draining:
-            raise ServiceUnavailable(f"model {self.name} is draining (shutting down)", retry_after=5)
+            raise ServiceUnavailable(
+                f"model {self.name} is draining (shutting down)", retry_after=5
+            )
         if self.state != State.READY or self._writer is None:
             if self.state in (State.STOPPING, State.STOPPED):
                 raise ServiceUnavailable(f"model {self.name} is not serving", retry_after=5)
@@ -295,9 +302,15 @@ class ModelEngine(WorkerSupervisor):
         timeout = self._timeout(timeout_s)
         rid = self._admit(kind, 0)
         unary = 1 + sum(1 for p in self._pending.values() if p.future is not None)
-        submit = ipc.Submit(id=rid, kind=kind, timeout_s=timeout, in_flight=unary,
-                            results_seen=self._unary_results, request_id=request_id_var.get(),
-                            **{kind: payload})
+        submit = ipc.Submit(
+            id=rid,
+            kind=kind,
+            timeout_s=timeout,
+            in_flight=unary,
+            results_seen=self._unary_results,
+            request_id=request_id_var.get(),
+            **{kind: payload},
+        )
         data = self._submit_frame(submit, 0)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -314,7 +327,9 @@ class ModelEngine(WorkerSupervisor):
             if rid in self._pending:  # cancelled by the caller (client disconnected)
                 self._abort(rid)
 
-    async def predict(self, request: PredictRequest, timeout_s: float | None = None) -> PredictResponse:
+    async def predict(
+        self, request: PredictRequest, timeout_s: float | None = None
+    ) -> PredictResponse:
         result = await self._unary("predict", request, timeout_s)
         assert isinstance(result, PredictResponse)
         return result
@@ -341,8 +356,14 @@ class ModelEngine(WorkerSupervisor):
         tokens = prompt_len + request.params.max_tokens
         rid = self._admit("generate", tokens)
         data = self._submit_frame(
-            ipc.Submit(id=rid, kind="generate", timeout_s=timeout, generate=request,
-                       request_id=request_id_var.get()), tokens
+            ipc.Submit(
+                id=rid,
+                kind="generate",
+                timeout_s=timeout,
+                generate=request,
+                request_id=request_id_var.get(),
+            ),
+            tokens,
         )
         queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
         entry = self._pending[rid] = _Pending(kind="generate", tokens=tokens, queue=queue)

@@ -159,8 +159,11 @@ class Scheduler:
             self.results_sent += 1
         err = as_error(exc)
         if not isinstance(err, SteadyError) or isinstance(err, ModelError):
-            log.warning("request failed: %s", err.message,
-                        extra={"request_id": job.msg.request_id or f"#{job.msg.id}"})
+            log.warning(
+                "request failed: %s",
+                err.message,
+                extra={"request_id": job.msg.request_id or f"#{job.msg.id}"},
+            )
         self.channel.send(Failed(id=job.msg.id, kind=err.kind, message=err.message))
 
     # ---- main loop -----------------------------------------------------------------------
@@ -178,8 +181,9 @@ class Scheduler:
                 self.last_heartbeat = now
                 stats = self.engine.stats() if self.engine is not None else {}
                 self.channel.send(
-                    Heartbeat(running=len(self.gen_running), queued=len(self.gen_waiting),
-                              stats=stats)
+                    Heartbeat(
+                        running=len(self.gen_running), queued=len(self.gen_waiting), stats=stats
+                    )
                 )
 
     def _wait_time(self) -> float:
@@ -361,9 +365,7 @@ class Scheduler:
         y = call_maybe_async(self.loop, model.postprocess, y)
         y = list(y) if not isinstance(y, list) else y
         if len(y) != len(instances):
-            raise ModelError(
-                f"model returned {len(y)} predictions for {len(instances)} instances"
-            )
+            raise ModelError(f"model returned {len(y)} predictions for {len(instances)} instances")
         out: list[Result] = []
         start = 0
         for job in batch:
@@ -474,5 +476,3 @@ def _parameters(job: Job) -> dict[str, Any]:
     if msg.infer is not None:
         return dict(msg.infer.parameters)
     return {}
-
-

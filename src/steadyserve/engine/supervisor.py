@@ -59,7 +59,6 @@ class State:
     STOPPED = "stopped"
 
 
-
 class WorkerSupervisor:
     """Process lifecycle of one model's worker. Subclassed by the engine client."""
 
@@ -231,8 +230,10 @@ class WorkerSupervisor:
                 and self.consecutive_crashes >= self.config.max_consecutive_crashes
             ):
                 log.error(
-                    "model %s: %d failed loads in a row (%s); giving it up", self.name,
-                    self.consecutive_crashes, outcome,
+                    "model %s: %d failed loads in a row (%s); giving it up",
+                    self.name,
+                    self.consecutive_crashes,
+                    outcome,
                 )
                 self.on_give_up(outcome)
                 break
@@ -299,4 +300,3 @@ class WorkerSupervisor:
                 self._ready_event.clear()
                 if self.state == State.READY:
                     self.state = State.RESTARTING
-

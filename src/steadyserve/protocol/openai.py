@@ -65,7 +65,9 @@ def chat_refusal_reason(info: ModelInfo) -> str:
 # ---- sampling ----------------------------------------------------------------------------------
 
 
-def _in_range(value: float | None, name: str, lo: float, hi: float, *, lo_open: bool = False) -> None:
+def _in_range(
+    value: float | None, name: str, lo: float, hi: float, *, lo_open: bool = False
+) -> None:
     if value is None:
         return
     ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
@@ -124,8 +126,7 @@ def sampling_params(
         raise InvalidInput("'seed' is out of range (64-bit integer)", param="seed")
     if req.response_format is not None and req.response_format.type != "text":
         raise InvalidInput(
-            f"response_format type '{req.response_format.type[:50]}' is not supported; "
-            "only 'text'",
+            f"response_format type '{req.response_format.type[:50]}' is not supported; only 'text'",
             param="response_format",
         )
     bias: dict[int, float] = {}
@@ -231,8 +232,9 @@ def resolve_max_tokens(
         budget = default if default is not None else (room if room is not None else 16)
         budget = max(budget, min_tokens)
         if room is not None and min_tokens > room:
-            raise InvalidInput(_min_tokens_refusal(min_tokens, prompt_tokens, limit, enc_dec),
-                               param="min_tokens")
+            raise InvalidInput(
+                _min_tokens_refusal(min_tokens, prompt_tokens, limit, enc_dec), param="min_tokens"
+            )
         return budget if room is None else min(budget, room)
     if room is not None and requested > room:
         if enc_dec:
@@ -248,16 +250,20 @@ def resolve_max_tokens(
     return requested
 
 
-def _min_tokens_refusal(min_tokens: int, prompt_tokens: int, limit: int | None,
-                        enc_dec: bool) -> str:
+def _min_tokens_refusal(
+    min_tokens: int, prompt_tokens: int, limit: int | None, enc_dec: bool
+) -> str:
     if enc_dec:
         return f"min_tokens ({min_tokens}) exceeds this model's limit of {limit} output tokens"
-    return (f"prompt_tokens ({prompt_tokens}) + min_tokens ({min_tokens}) = "
-            f"{prompt_tokens + min_tokens} exceeds this model's context of {limit} tokens")
+    return (
+        f"prompt_tokens ({prompt_tokens}) + min_tokens ({min_tokens}) = "
+        f"{prompt_tokens + min_tokens} exceeds this model's context of {limit} tokens"
+    )
 
 
-def check_prompt_chars(text: str, info: ModelInfo, max_token_chars: int, *, param: str,
-                       what: str = "the prompt") -> None:
+def check_prompt_chars(
+    text: str, info: ModelInfo, max_token_chars: int, *, param: str, what: str = "the prompt"
+) -> None:
     """Refuse a text too long for the context before tokenizing it (which costs seconds of CPU
     for megabytes): no token is longer than ``max_token_chars`` characters, so a text longer than
     ``max_model_len * max_token_chars`` cannot fit."""
@@ -336,8 +342,10 @@ def _check_message(i: int, msg: ChatMessage) -> None:
             param=f"messages[{i}].role",
         )
     if msg.role in _CONTENT_ROLES and (msg.content is None or msg.content == []):
-        raise InvalidInput(f"messages[{i}].content is required for a {msg.role} message",
-                           param=f"messages[{i}].content")
+        raise InvalidInput(
+            f"messages[{i}].content is required for a {msg.role} message",
+            param=f"messages[{i}].content",
+        )
     for name in ("tool_calls", "function_call"):
         if getattr(msg, name) is not None and getattr(msg, name) != []:
             raise InvalidInput(
@@ -352,20 +360,21 @@ def check_chat_extras(req: ChatRequest, allow_request_template: bool) -> None:
     if req.tools:
         raise InvalidInput("'tools' are not supported", param="tools")
     if req.tool_choice is not None and req.tool_choice != "none":
-        raise InvalidInput("'tool_choice' needs 'tools', which are not supported",
-                           param="tool_choice")
+        raise InvalidInput(
+            "'tool_choice' needs 'tools', which are not supported", param="tool_choice"
+        )
     if req.functions:
         raise InvalidInput("'functions' are not supported", param="functions")
     if req.function_call is not None and req.function_call != "none":
-        raise InvalidInput("'function_call' needs 'functions', which are not supported",
-                           param="function_call")
+        raise InvalidInput(
+            "'function_call' needs 'functions', which are not supported", param="function_call"
+        )
     if req.audio is not None:
         raise InvalidInput("'audio' output is not supported", param="audio")
     if req.modalities is not None and any(m != "text" for m in req.modalities):
         raise InvalidInput("'modalities' other than 'text' are not supported", param="modalities")
     if req.prediction is not None:
-        raise InvalidInput("'prediction' (predicted outputs) is not supported",
-                           param="prediction")
+        raise InvalidInput("'prediction' (predicted outputs) is not supported", param="prediction")
     if (req.chat_template is not None or req.chat_template_kwargs) and not allow_request_template:
         param = "chat_template" if req.chat_template is not None else "chat_template_kwargs"
         raise InvalidInput(
@@ -376,12 +385,27 @@ def check_chat_extras(req: ChatRequest, allow_request_template: bool) -> None:
 
 
 #: apply_chat_template / renderer arguments a request's chat_template_kwargs may not set
-RESERVED_TEMPLATE_KWARGS = frozenset({
-    "messages", "conversation", "tokenize", "add_generation_prompt", "chat_template",
-    "continue_final_message", "return_tensors", "return_dict", "return_assistant_tokens_mask",
-    "padding", "truncation", "max_length", "tokenizer_kwargs", "tools", "documents",
-    "bos_token", "eos_token",
-})
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {
+        "messages",
+        "conversation",
+        "tokenize",
+        "add_generation_prompt",
+        "chat_template",
+        "continue_final_message",
+        "return_tensors",
+        "return_dict",
+        "return_assistant_tokens_mask",
+        "padding",
+        "truncation",
+        "max_length",
+        "tokenizer_kwargs",
+        "tools",
+        "documents",
+        "bos_token",
+        "eos_token",
+    }
+)
 
 
 def template_kwargs(req: ChatRequest) -> dict[str, Any]:
@@ -390,8 +414,9 @@ def template_kwargs(req: ChatRequest) -> dict[str, Any]:
     kwargs = dict(req.chat_template_kwargs or {})
     for key in kwargs:
         if not key.isidentifier() or key in RESERVED_TEMPLATE_KWARGS:
-            raise InvalidInput(f"chat_template_kwargs may not set '{key[:50]}'",
-                               param="chat_template_kwargs")
+            raise InvalidInput(
+                f"chat_template_kwargs may not set '{key[:50]}'", param="chat_template_kwargs"
+            )
     return kwargs
 
 
@@ -413,8 +438,14 @@ class Plan:
 
     def budget(self, prompt_tokens: int, info: ModelInfo, *, default: int | None) -> int:
         """This request's ``max_tokens`` for a prompt of ``prompt_tokens`` tokens."""
-        return resolve_max_tokens(self.max_tokens, prompt_tokens, info, default=default,
-                                  min_tokens=self.params.min_tokens, param=self.max_tokens_param)
+        return resolve_max_tokens(
+            self.max_tokens,
+            prompt_tokens,
+            info,
+            default=default,
+            min_tokens=self.params.min_tokens,
+            param=self.max_tokens_param,
+        )
 
 
 def plan_completion(req: CompletionRequest, info: ModelInfo) -> Plan:
@@ -424,8 +455,14 @@ def plan_completion(req: CompletionRequest, info: ModelInfo) -> Plan:
         raise InvalidInput("'suffix' is not supported", param="suffix")
     logprobs = completion_logprobs(req)
     params = sampling_params(req, info, logprobs=logprobs)
-    plan = Plan(params, stop_strings(req.stop), requested_max_tokens(req), logprobs,
-                prompts=normalize_prompts(req.prompt), max_tokens_param=max_tokens_field(req))
+    plan = Plan(
+        params,
+        stop_strings(req.stop),
+        requested_max_tokens(req),
+        logprobs,
+        prompts=normalize_prompts(req.prompt),
+        max_tokens_param=max_tokens_field(req),
+    )
     if len(plan.prompts) * req.n > MAX_SEQUENCES:
         raise InvalidInput(
             f"{len(plan.prompts)} prompts x n={req.n} is more than {MAX_SEQUENCES} sequences",
@@ -439,8 +476,12 @@ def chat_allowed(req: ChatRequest, info: ModelInfo, allow_request_template: bool
     """400 unless the model can chat: it has a chat template, or the request brings one (when
     the server allows it) for a decoder-only generative model with a tokenizer."""
     own = req.chat_template is not None and allow_request_template
-    if not (own and Capability.GENERATE in info.capabilities and info.tokenizer_dir
-            and not info.is_encoder_decoder):
+    if not (
+        own
+        and Capability.GENERATE in info.capabilities
+        and info.tokenizer_dir
+        and not info.is_encoder_decoder
+    ):
         require(info, Capability.CHAT, "chat completions", chat_refusal_reason(info))
 
 
@@ -452,16 +493,23 @@ def plan_chat(req: ChatRequest, info: ModelInfo, allow_request_template: bool) -
     template_kwargs(req)
     logprobs = chat_logprobs(req)
     params = sampling_params(req, info, logprobs=logprobs)
-    plan = Plan(params, stop_strings(req.stop), requested_max_tokens(req), logprobs,
-                messages=messages, max_tokens_param=max_tokens_field(req))
+    plan = Plan(
+        params,
+        stop_strings(req.stop),
+        requested_max_tokens(req),
+        logprobs,
+        messages=messages,
+        max_tokens_param=max_tokens_field(req),
+    )
     _check_min_tokens(plan)
     return plan
 
 
 def _check_min_tokens(plan: Plan) -> None:
     if plan.max_tokens is not None and plan.params.min_tokens > plan.max_tokens:
-        raise InvalidInput(f"'min_tokens' must not exceed '{plan.max_tokens_param}'",
-                           param="min_tokens")
+        raise InvalidInput(
+            f"'min_tokens' must not exceed '{plan.max_tokens_param}'", param="min_tokens"
+        )
 
 
 # ---- embeddings ----------------------------------------------------------------------------
@@ -480,8 +528,9 @@ def embedding_inputs(
     else:
         items = list(value)
     if len(items) > MAX_EMBED_INPUTS:
-        raise InvalidInput(f"'input' has {len(items)} entries; at most {MAX_EMBED_INPUTS}",
-                           param="input")
+        raise InvalidInput(
+            f"'input' has {len(items)} entries; at most {MAX_EMBED_INPUTS}", param="input"
+        )
     for item in items:
         if len(item) == 0:
             raise InvalidInput("'input' must not contain an empty string or array", param="input")

@@ -57,8 +57,7 @@ def logprobs_text_length(positions: list[PositionLogprobs]) -> int:
     return sum(len(p.chosen.token) for p in positions)
 
 
-def completion_logprobs_body(positions: list[PositionLogprobs], offset: int = 0
-                             ) -> dict[str, Any]:
+def completion_logprobs_body(positions: list[PositionLogprobs], offset: int = 0) -> dict[str, Any]:
     """Legacy completions logprobs. ``top_logprobs`` is a dict by spec: alternatives whose texts
     coincide keep the most likely one."""
     offsets, pos = [], offset
@@ -85,12 +84,21 @@ def chat_logprobs_body(positions: list[PositionLogprobs]) -> dict[str, Any]:
     def entry(t: TokenLogprob) -> dict[str, Any]:
         return {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
 
-    return {"content": [{**entry(p.chosen), "top_logprobs": [entry(t) for t in p.top]}
-                        for p in positions]}
+    return {
+        "content": [
+            {**entry(p.chosen), "top_logprobs": [entry(t) for t in p.top]} for p in positions
+        ]
+    }
 
 
-def completion_response(rid: str, created: int, model: str, choices: list[ChoiceState],
-                        prompt_tokens: int, with_logprobs: bool) -> dict[str, Any]:
+def completion_response(
+    rid: str,
+    created: int,
+    model: str,
+    choices: list[ChoiceState],
+    prompt_tokens: int,
+    with_logprobs: bool,
+) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "text_completion",
@@ -101,7 +109,8 @@ def completion_response(rid: str, created: int, model: str, choices: list[Choice
                 "index": c.index,
                 "text": c.text,
                 "logprobs": completion_logprobs_body(c.logprobs, c.text_offset)
-                if with_logprobs else None,
+                if with_logprobs
+                else None,
                 "finish_reason": c.finish_reason,
             }
             for c in choices
@@ -110,8 +119,14 @@ def completion_response(rid: str, created: int, model: str, choices: list[Choice
     }
 
 
-def chat_response(rid: str, created: int, model: str, choices: list[ChoiceState],
-                  prompt_tokens: int, with_logprobs: bool) -> dict[str, Any]:
+def chat_response(
+    rid: str,
+    created: int,
+    model: str,
+    choices: list[ChoiceState],
+    prompt_tokens: int,
+    with_logprobs: bool,
+) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "chat.completion",
@@ -130,9 +145,15 @@ def chat_response(rid: str, created: int, model: str, choices: list[ChoiceState]
     }
 
 
-def completion_chunk(rid: str, created: int, model: str, index: int, text: str,
-                     finish_reason: str | None, logprobs: dict[str, Any] | None = None,
-                     ) -> dict[str, Any]:
+def completion_chunk(
+    rid: str,
+    created: int,
+    model: str,
+    index: int,
+    text: str,
+    finish_reason: str | None,
+    logprobs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "text_completion",
@@ -144,9 +165,15 @@ def completion_chunk(rid: str, created: int, model: str, index: int, text: str,
     }
 
 
-def chat_chunk(rid: str, created: int, model: str, index: int, delta: dict[str, Any],
-               finish_reason: str | None, logprobs: dict[str, Any] | None = None,
-               ) -> dict[str, Any]:
+def chat_chunk(
+    rid: str,
+    created: int,
+    model: str,
+    index: int,
+    delta: dict[str, Any],
+    finish_reason: str | None,
+    logprobs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "chat.completion.chunk",
@@ -158,8 +185,9 @@ def chat_chunk(rid: str, created: int, model: str, index: int, delta: dict[str, 
     }
 
 
-def usage_chunk(rid: str, created: int, model: str, obj: str, prompt_tokens: int,
-                completion_tokens: int) -> dict[str, Any]:
+def usage_chunk(
+    rid: str, created: int, model: str, obj: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
     return {
         "id": rid,
         "object": obj,
@@ -176,8 +204,9 @@ def encode_embedding(vector: list[float], encoding_format: str) -> list[float] |
     return vector
 
 
-def embedding_response(model: str, vectors: list[list[float]], encoding_format: str,
-                       prompt_tokens: int) -> dict[str, Any]:
+def embedding_response(
+    model: str, vectors: list[list[float]], encoding_format: str, prompt_tokens: int
+) -> dict[str, Any]:
     return {
         "object": "list",
         "data": [

@@ -52,12 +52,16 @@ def check_template_binop(operator: str, left: Any, right: Any, max_chars: int) -
             raise _too_big(f"an integer product ({MAX_TEMPLATE_INT_BITS}-bit limit)")
     elif operator == "*":
         seq, times = (left, right) if isinstance(right, int) else (right, left)
-        if isinstance(times, int) and isinstance(seq, (str, list, tuple)) and (
-            len(seq) * times > max_chars
+        if (
+            isinstance(times, int)
+            and isinstance(seq, (str, list, tuple))
+            and (len(seq) * times > max_chars)
         ):
             raise _too_big(f"a repetition ({max_chars} items limit)")
-    elif operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(
-        right, (str, list, tuple)
+    elif (
+        operator == "+"
+        and isinstance(left, (str, list, tuple))
+        and isinstance(right, (str, list, tuple))
     ):
         if len(left) + len(right) > max_chars:
             raise _too_big(f"a concatenation ({max_chars} items limit)")
@@ -81,8 +85,9 @@ def _check_format_specs(fmt: str, max_chars: int) -> None:
             raise _too_big(f"a format width ({max_chars} characters limit)")
 
 
-def check_template_call(func: Any, args: Sequence[Any], kwargs: dict[str, Any],
-                        max_chars: int) -> None:
+def check_template_call(
+    func: Any, args: Sequence[Any], kwargs: dict[str, Any], max_chars: int
+) -> None:
     """Refuse a ``str`` method call of a request template whose result would be huge: a
     padding width (``center``, ``ljust``, ``zfill``, ...) or format width beyond
     ``max_chars``, a ``replace`` or ``join`` that would grow past it."""
@@ -98,8 +103,12 @@ def check_template_call(func: Any, args: Sequence[Any], kwargs: dict[str, Any],
     elif name == "replace" and len(args) >= 2 and all(isinstance(a, str) for a in args[:2]):
         if len(owner) + owner.count(args[0]) * len(args[1]) > max_chars:
             raise _too_big(f"str.replace ({max_chars} characters limit)")
-    elif (name == "join" and args and isinstance(args[0], (str, list, tuple))
-          and len(owner) * len(args[0]) > max_chars):
+    elif (
+        name == "join"
+        and args
+        and isinstance(args[0], (str, list, tuple))
+        and len(owner) * len(args[0]) > max_chars
+    ):
         raise _too_big(f"str.join ({max_chars} characters limit)")
 
 
@@ -145,8 +154,13 @@ def _sandbox_class() -> type[Any]:
             check_template_binop(operator, left, right, self.max_chars)
             return super().call_binop(context, operator, left, right)
 
-        def call(__self, __context: Context, __obj: Any, *args: Any,  # noqa: N805
-                 **kwargs: Any) -> Any:
+        def call(
+            __self,
+            __context: Context,
+            __obj: Any,
+            *args: Any,  # noqa: N805
+            **kwargs: Any,
+        ) -> Any:
             check_template_call(__obj, args, kwargs, __self.max_chars)
             return super().call(__context, __obj, *args, **kwargs)
 
@@ -183,8 +197,9 @@ def render_template_sandboxed(
             f"chat_template did not render within {time_limit_s}s", param="chat_template"
         ) from None
     except Exception as exc:  # noqa: BLE001 - the client's template raised: its error, a 400
-        raise TemplateError(f"chat_template failed: {_describe(exc)}",
-                            param="chat_template") from None
+        raise TemplateError(
+            f"chat_template failed: {_describe(exc)}", param="chat_template"
+        ) from None
     finally:
         sys.settrace(previous)
 
@@ -195,8 +210,9 @@ def _render(env: Any, template: str, variables: dict[str, Any], max_chars: int) 
     try:
         compiled = env.from_string(template)
     except TemplateSyntaxError as exc:
-        raise TemplateError(f"chat_template is invalid: {_describe(exc)}",
-                            param="chat_template") from None
+        raise TemplateError(
+            f"chat_template is invalid: {_describe(exc)}", param="chat_template"
+        ) from None
     parts: list[str] = []
     size = 0
     for chunk in compiled.generate(**variables):
@@ -216,4 +232,3 @@ def _describe(exc: BaseException) -> str:
     if type(exc).__module__.startswith("jinja2"):
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-

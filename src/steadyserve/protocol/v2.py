@@ -95,7 +95,11 @@ def check_values(name: str, datatype: str, flat: list[Any]) -> None:
 
 
 def tensor_from_values(
-    name: str, datatype: str, shape: list[int], flat: list[Any], parameters: dict[str, Any] | None = None
+    name: str,
+    datatype: str,
+    shape: list[int],
+    flat: list[Any],
+    parameters: dict[str, Any] | None = None,
 ) -> Tensor:
     """Build a tensor from flat JSON values, checking count, element types and ranges."""
     expected = math.prod(shape)
@@ -112,7 +116,9 @@ def tensor_from_values(
                 data.append(v)
             else:
                 raise InvalidInput(f"input '{name}': BYTES elements must be strings")
-        return Tensor(name=name, datatype=datatype, shape=shape, data=data, parameters=parameters or {})
+        return Tensor(
+            name=name, datatype=datatype, shape=shape, data=data, parameters=parameters or {}
+        )
     check_values(name, datatype, flat)
     dtype = V2_TO_NUMPY[datatype]
     arr = np.asarray(flat, dtype=dtype) if flat else np.zeros(0, dtype=dtype)

@@ -49,7 +49,9 @@ def serialize_bytes_elements(elements: list[bytes]) -> bytes:
 def tensor_from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> Tensor:
     count = math.prod(shape)
     if datatype == "BYTES":
-        return Tensor(name=name, datatype=datatype, shape=shape, data=split_bytes_elements(name, raw, count))
+        return Tensor(
+            name=name, datatype=datatype, shape=shape, data=split_bytes_elements(name, raw, count)
+        )
     itemsize = V2_TO_NUMPY[datatype].itemsize
     if len(raw) != count * itemsize:
         raise InvalidInput(

@@ -47,7 +47,9 @@ def parse_json_bytes(body: bytes) -> Any:
     except RecursionError:
         raise InvalidInput("request body is nested too deeply") from None
     except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string ..."
-        raise InvalidInput(f"request body has a number that cannot be read: {str(exc)[:80]}") from None
+        raise InvalidInput(
+            f"request body has a number that cannot be read: {str(exc)[:80]}"
+        ) from None
     if _SURROGATE_ESCAPE.search(body) is not None:
         _refuse_lone_surrogates(value)
     return value
@@ -85,8 +87,9 @@ class DataJSONResponse(JSONResponse):
     than failing the response (strict JSON has no spelling for them)."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, allow_nan=True,
-                          separators=(",", ":")).encode("utf-8")
+        return json.dumps(
+            content, ensure_ascii=False, allow_nan=True, separators=(",", ":")
+        ).encode("utf-8")
 
 
 def request_timeout(request: Request) -> float | None:

@@ -109,9 +109,18 @@ def _mapped(method: Handler[T]) -> Handler[T]:
             metrics = self.ctx.metrics
             if metrics is not None:
                 metrics.observe_request("gRPC", route, model, status, elapsed)
-            access_log.info("gRPC %s %d %.1fms", route, status, elapsed * 1000.0,
-                            extra={"method": "gRPC", "route": route, "status": status,
-                                   "duration_ms": round(elapsed * 1000.0, 3)})
+            access_log.info(
+                "gRPC %s %d %.1fms",
+                route,
+                status,
+                elapsed * 1000.0,
+                extra={
+                    "method": "gRPC",
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000.0, 3),
+                },
+            )
             request_id_var.reset(token)
 
     return wrapper
@@ -191,9 +200,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelLoadResponse()
 
     @_mapped
-    async def RepositoryModelUnload(
-        self, request: Any, context: grpc.aio.ServicerContext
-    ) -> Any:
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self.repository.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -226,7 +233,12 @@ def build_grpc_server(ctx: ServerContext) -> grpc.aio.Server:
     try:
         if settings.ssl_certfile and settings.ssl_keyfile:
             credentials = grpc.ssl_server_credentials(
-                [(Path(settings.ssl_keyfile).read_bytes(), Path(settings.ssl_certfile).read_bytes())]
+                [
+                    (
+                        Path(settings.ssl_keyfile).read_bytes(),
+                        Path(settings.ssl_certfile).read_bytes(),
+                    )
+                ]
             )
             bound = server.add_secure_port(address, credentials)
         else:

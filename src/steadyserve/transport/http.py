@@ -29,8 +29,15 @@ def is_openai_path(path: str) -> bool:
     return path.startswith(OPENAI_PREFIXES) or path in OPENAI_PATHS
 
 
-def error_body(path: str, status: int, message: str, *, err_type: str, param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
+def error_body(
+    path: str,
+    status: int,
+    message: str,
+    *,
+    err_type: str,
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
     """The error shape of the protocol the path belongs to."""
     if is_openai_path(path):
         return {

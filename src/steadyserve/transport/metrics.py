@@ -67,11 +67,40 @@ MODEL_SCOPE_KEY = "steadyserve.model"
 UNMATCHED_ROUTE = "<unmatched>"
 
 LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0, 300.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
 )
 TOKEN_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
+    2.5,
 )
 
 
@@ -83,14 +112,18 @@ class _EngineCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(
-            f"{PREFIX}_requests_in_flight", "Requests admitted and not yet completed.", labels=["model"]
+            f"{PREFIX}_requests_in_flight",
+            "Requests admitted and not yet completed.",
+            labels=["model"],
         )
         running = GaugeMetricFamily(
-            f"{PREFIX}_worker_running", "Requests the worker is running (last heartbeat).",
+            f"{PREFIX}_worker_running",
+            "Requests the worker is running (last heartbeat).",
             labels=["model"],
         )
         queued = GaugeMetricFamily(
-            f"{PREFIX}_worker_queued", "Requests queued in the worker (last heartbeat).",
+            f"{PREFIX}_worker_queued",
+            "Requests queued in the worker (last heartbeat).",
             labels=["model"],
         )
         ready = GaugeMetricFamily(
@@ -113,24 +146,38 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            f"{PREFIX}_requests", "HTTP requests by route template, model and status code.",
-            ["method", "route", "model", "code"], registry=r,
+            f"{PREFIX}_requests",
+            "HTTP requests by route template, model and status code.",
+            ["method", "route", "model", "code"],
+            registry=r,
         )
         self.duration = Histogram(
-            f"{PREFIX}_request_duration_seconds", "End-to-end HTTP request latency.",
-            ["method", "route", "model"], buckets=LATENCY_BUCKETS, registry=r,
+            f"{PREFIX}_request_duration_seconds",
+            "End-to-end HTTP request latency.",
+            ["method", "route", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
-            f"{PREFIX}_queue_wait_seconds", "Time from admission to the start of work.",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+            f"{PREFIX}_queue_wait_seconds",
+            "Time from admission to the start of work.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.ttft = Histogram(
-            f"{PREFIX}_time_to_first_token_seconds", "Time from admission to the first token.",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+            f"{PREFIX}_time_to_first_token_seconds",
+            "Time from admission to the first token.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.itl = Histogram(
-            f"{PREFIX}_inter_token_latency_seconds", "Time between tokens of a stream.",
-            ["model"], buckets=TOKEN_BUCKETS, registry=r,
+            f"{PREFIX}_inter_token_latency_seconds",
+            "Time between tokens of a stream.",
+            ["model"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
         )
         self.prompt_tokens = Counter(
             f"{PREFIX}_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r
@@ -139,20 +186,28 @@ class Metrics:
             f"{PREFIX}_completion_tokens", "Tokens generated.", ["model"], registry=r
         )
         self.restarts = Counter(
-            f"{PREFIX}_worker_restarts", "Model worker restarts (crash, hang, failed load).",
-            ["model"], registry=r,
+            f"{PREFIX}_worker_restarts",
+            "Model worker restarts (crash, hang, failed load).",
+            ["model"],
+            registry=r,
         )
         self.cancelled = Counter(
-            f"{PREFIX}_requests_cancelled", "Requests aborted because the client went away.",
-            ["model"], registry=r,
+            f"{PREFIX}_requests_cancelled",
+            "Requests aborted because the client went away.",
+            ["model"],
+            registry=r,
         )
         self.expired = Counter(
-            f"{PREFIX}_requests_expired", "Requests that passed their deadline.", ["model"],
+            f"{PREFIX}_requests_expired",
+            "Requests that passed their deadline.",
+            ["model"],
             registry=r,
         )
         self.failed = Counter(
-            f"{PREFIX}_requests_failed", "Requests the engine ended with an error.",
-            ["model", "error"], registry=r,
+            f"{PREFIX}_requests_failed",
+            "Requests the engine ended with an error.",
+            ["model", "error"],
+            registry=r,
         )
         r.register(_EngineCollector(registry))
         #: (method, route, model, code) → (counter, histogram) children; bounded like the labels
@@ -162,8 +217,9 @@ class Metrics:
     def model_label(self, name: str | None) -> str:
         """``name`` if the registry knows it (loaded, to be loaded, or unloaded), else ``""``
         (bounded label cardinality: a client cannot invent label values)."""
-        if name and (self.models.has(name) or name in self.models.known()
-                     or name in self.models.unloaded()):
+        if name and (
+            self.models.has(name) or name in self.models.known() or name in self.models.unloaded()
+        ):
             return name
         return ""
 
@@ -204,8 +260,10 @@ class Metrics:
         key = (method, route, label, code)
         children = self._request_children.get(key)
         if children is None:  # label lookups cost more than the observation itself
-            children = (self.requests.labels(method, route, label, str(code)),
-                        self.duration.labels(method, route, label))
+            children = (
+                self.requests.labels(method, route, label, str(code)),
+                self.duration.labels(method, route, label),
+            )
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)

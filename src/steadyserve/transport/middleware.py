@@ -97,7 +97,9 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = int(message["status"])
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
+                headers = [
+                    (k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"
+                ]
                 headers.append(rid_header)
                 message = {**message, "headers": headers}
             await send(message)
@@ -123,9 +125,17 @@ class RequestContextMiddleware:
                 self.metrics.observe_request(scope["method"], route, model, status, elapsed)
             shown = route if route != UNMATCHED_ROUTE else repr(bounded(scope["path"], 200))
             access_log.info(
-                "%s %s %d %.1fms", scope["method"], shown, status, elapsed * 1000.0,
-                extra={"method": scope["method"], "route": route, "status": status,
-                       "duration_ms": round(elapsed * 1000.0, 3)},
+                "%s %s %d %.1fms",
+                scope["method"],
+                shown,
+                status,
+                elapsed * 1000.0,
+                extra={
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000.0, 3),
+                },
             )
             request_id_var.reset(token)
 
@@ -175,8 +185,10 @@ class BodyLimitMiddleware:
 
         async def send_close_after_413(message: Message) -> None:
             if message["type"] == "http.response.start" and exceeded:
-                message = {**message, "headers": [*message.get("headers", ()),
-                                                  (b"connection", b"close")]}
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", ()), (b"connection", b"close")],
+                }
             await send(message)
 
         await self.app(scope, limited_receive, send_close_after_413)
@@ -184,8 +196,11 @@ class BodyLimitMiddleware:
 
 #: request ``Content-Encoding`` values that are decompressed (tritonclient's
 #: ``request_compression_algorithm``); zlib's 32 + MAX_WBITS reads both gzip and zlib framing
-_DECODERS = {b"gzip": 32 + zlib.MAX_WBITS, b"x-gzip": 32 + zlib.MAX_WBITS,
-             b"deflate": 32 + zlib.MAX_WBITS}
+_DECODERS = {
+    b"gzip": 32 + zlib.MAX_WBITS,
+    b"x-gzip": 32 + zlib.MAX_WBITS,
+    b"deflate": 32 + zlib.MAX_WBITS,
+}
 
 
 class DecompressMiddleware:
@@ -213,7 +228,8 @@ class DecompressMiddleware:
         if wbits is None:
             shown = bounded((encoding or b"").decode("latin-1"), 50)
             exc = StarletteHTTPException(
-                415, f"Content-Encoding {shown!r} is not supported (use gzip, deflate or none)")
+                415, f"Content-Encoding {shown!r} is not supported (use gzip, deflate or none)"
+            )
             await error_response(Request(scope), exc)(scope, receive, send)
             return
         label = (encoding or b"").decode("latin-1")
@@ -230,8 +246,9 @@ class DecompressMiddleware:
                     produced += len(piece)
                     if produced > limit:
                         raise StarletteHTTPException(
-                            413, f"request body exceeds the limit of {limit} bytes "
-                            "once decompressed")
+                            413,
+                            f"request body exceeds the limit of {limit} bytes once decompressed",
+                        )
                     out.append(piece)
                     data = decoder.unconsumed_tail
             except zlib.error as exc:
@@ -246,14 +263,14 @@ class DecompressMiddleware:
                 return message
             body = expand(message.get("body", b""))
             if not message.get("more_body", False) and not decoder.eof:
-                raise StarletteHTTPException(
-                    400, f"request body is truncated {label} data")
+                raise StarletteHTTPException(400, f"request body is truncated {label} data")
             return {**message, "body": body}
 
         # in place, not a copy: the outer middleware reads what the router writes into the
         # scope (the route template, the model) for the access log and the metrics
-        scope["headers"] = [(k, v) for k, v in scope["headers"]
-                            if k not in (b"content-encoding", b"content-length")]
+        scope["headers"] = [
+            (k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")
+        ]
         await self.app(scope, decoded_receive, send)
 
 

@@ -46,8 +46,9 @@ async def tokenizer_for(ctx: ServerContext, engine: ModelEngine, info: ModelInfo
     return loaded.tokenizer if loaded is not None else None
 
 
-async def loaded_tokenizer_for(ctx: ServerContext, engine: ModelEngine, info: ModelInfo
-                               ) -> LoadedTokenizer | None:
+async def loaded_tokenizer_for(
+    ctx: ServerContext, engine: ModelEngine, info: ModelInfo
+) -> LoadedTokenizer | None:
     """The model's :class:`LoadedTokenizer` (``None`` for models without one), loaded once and
     cached in ``ctx.openai_state`` per model name and worker restart count."""
     if not info.tokenizer_dir:
@@ -143,8 +144,11 @@ def is_byte_level(tokenizer: Any) -> bool:
 @functools.cache
 def _unicode_to_byte() -> dict[str, int]:
     """The inverse of GPT-2's ``bytes_to_unicode``: each byte has a printable stand-in."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     chars = {b: b for b in printable}
     extra = 0
     for b in range(256):
@@ -166,8 +170,9 @@ def _encode(tokenizer: Any, texts: Sequence[str], add_special_tokens: bool) -> l
     ]
 
 
-async def encode(tokenizer: Any, texts: Sequence[str], add_special_tokens: bool = True
-                 ) -> list[list[int]]:
+async def encode(
+    tokenizer: Any, texts: Sequence[str], add_special_tokens: bool = True
+) -> list[list[int]]:
     """Token ids of each text (in a thread)."""
     return await asyncio.to_thread(_encode, tokenizer, list(texts), add_special_tokens)
 
@@ -176,20 +181,29 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def _apply_chat_template(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool,
-                         kwargs: dict[str, Any]) -> str:
+def _apply_chat_template(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    add_generation_prompt: bool,
+    kwargs: dict[str, Any],
+) -> str:
     try:
         text = tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
         )
     except Exception as exc:  # the template raised (e.g. raise_exception on role order)
-        raise InvalidInput(f"the model's chat template refused the messages: {exc}",
-                           param="messages") from None
+        raise InvalidInput(
+            f"the model's chat template refused the messages: {exc}", param="messages"
+        ) from None
     return str(text)
 
 
-async def apply_chat_template(tokenizer: Any, messages: list[dict[str, Any]],
-                              add_generation_prompt: bool, kwargs: dict[str, Any]) -> str:
+async def apply_chat_template(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    add_generation_prompt: bool,
+    kwargs: dict[str, Any],
+) -> str:
     return await asyncio.to_thread(
         _apply_chat_template, tokenizer, messages, add_generation_prompt, kwargs
     )
@@ -230,8 +244,13 @@ def log_prompt(ctx: ServerContext, route: str, prompt: Any) -> None:
         return
     text = prompt if isinstance(prompt, str) else repr(prompt)
     cut = len(text) > LOG_PROMPT_CHARS
-    log.info("%s prompt (%d chars%s): %r", route, len(text), ", cut" if cut else "",
-             text[:LOG_PROMPT_CHARS])
+    log.info(
+        "%s prompt (%d chars%s): %r",
+        route,
+        len(text),
+        ", cut" if cut else "",
+        text[:LOG_PROMPT_CHARS],
+    )
 
 
 # ---- sequences ---------------------------------------------------------------------------------
@@ -283,8 +302,15 @@ async def run_sequence(
             else:
                 piece = delta.text or ""
             out = matcher.push(piece)
-            ev = Event(seq.index, out, list(delta.token_ids), delta.logprobs, delta.top_logprobs,
-                       None, delta.prompt_tokens)
+            ev = Event(
+                seq.index,
+                out,
+                list(delta.token_ids),
+                delta.logprobs,
+                delta.top_logprobs,
+                None,
+                delta.prompt_tokens,
+            )
             if matcher.stopped:
                 ev.finish_reason = "stop"
                 yield ev
@@ -343,8 +369,20 @@ async def merge(streams: list[AsyncGenerator[Event, None]]) -> AsyncGenerator[Ev
 def error_payload(exc: BaseException) -> dict[str, Any]:
     """The in-band error event of a stream that failed after it started."""
     if isinstance(exc, SteadyError):
-        return {"error": {"message": exc.message, "type": exc.openai_type, "param": exc.param,
-                          "code": exc.code if exc.code is not None else exc.http_status}}
+        return {
+            "error": {
+                "message": exc.message,
+                "type": exc.openai_type,
+                "param": exc.param,
+                "code": exc.code if exc.code is not None else exc.http_status,
+            }
+        }
     log.error("stream failed", exc_info=exc)
-    return {"error": {"message": "internal server error", "type": "server_error", "param": None,
-                      "code": 500}}
+    return {
+        "error": {
+            "message": "internal server error",
+            "type": "server_error",
+            "param": None,
+            "code": 500,
+        }
+    }

@@ -61,10 +61,23 @@ TEMPLATE_MAX_CHARS = 1_000_000
 class _Job:
     """A validated generation request: its sequences and how to answer."""
 
-    def __init__(self, *, chat: bool, model: str, engine: ModelEngine, tokenizer: Any | None,
-                 seqs: list[SeqSpec], stops: list[str], stream: bool, include_usage: bool,
-                 logprobs: int | None, echo: list[str] | None, timeout_s: float | None,
-                 n: int, byte_level: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        chat: bool,
+        model: str,
+        engine: ModelEngine,
+        tokenizer: Any | None,
+        seqs: list[SeqSpec],
+        stops: list[str],
+        stream: bool,
+        include_usage: bool,
+        logprobs: int | None,
+        echo: list[str] | None,
+        timeout_s: float | None,
+        n: int,
+        byte_level: bool = False,
+    ) -> None:
         self.chat = chat
         self.byte_level = byte_level
         self.n = n
@@ -82,23 +95,26 @@ class _Job:
         self.created = int(time.time())
 
     def events(self) -> AsyncGenerator[Event, None]:
-        return merge([
-            run_sequence(self.engine, s, self.tokenizer, self.stops, self.timeout_s)
-            for s in self.seqs
-        ])
+        return merge(
+            [
+                run_sequence(self.engine, s, self.tokenizer, self.stops, self.timeout_s)
+                for s in self.seqs
+            ]
+        )
 
 
-async def _resolve_prompts(prompts: list[str | list[int]], loaded: LoadedTokenizer | None,
-                           info: ModelInfo, *, echo: bool
-                           ) -> tuple[list[list[int] | str], list[int], list[str] | None]:
+async def _resolve_prompts(
+    prompts: list[str | list[int]], loaded: LoadedTokenizer | None, info: ModelInfo, *, echo: bool
+) -> tuple[list[list[int] | str], list[int], list[str] | None]:
     """Each prompt as token ids (as text for a model without a tokenizer), its token count, and
     the text to echo. A text too long to possibly fit is refused before it is tokenized."""
     echoed: list[str] | None = [] if echo else None
     if loaded is None:
         for prompt in prompts:
             if not isinstance(prompt, str):
-                raise InvalidInput(f"model {info.name} has no tokenizer: send the prompt as text",
-                                   param="prompt")
+                raise InvalidInput(
+                    f"model {info.name} has no tokenizer: send the prompt as text", param="prompt"
+                )
         if echoed is not None:
             echoed = [str(p) for p in prompts]
         return list(prompts), [0] * len(prompts), echoed
@@ -117,8 +133,11 @@ async def _resolve_prompts(prompts: list[str | list[int]], loaded: LoadedTokeniz
         resolved.append(ids)
         lens.append(len(ids))
         if echoed is not None:
-            echoed.append(prompt if isinstance(prompt, str) else
-                          await asyncio.to_thread(loaded.tokenizer.decode, ids))
+            echoed.append(
+                prompt
+                if isinstance(prompt, str)
+                else await asyncio.to_thread(loaded.tokenizer.decode, ids)
+            )
     return resolved, lens, echoed
 
 
@@ -127,8 +146,14 @@ def _choice_seed(seed: int, index: int) -> int:
     return (seed + index + 2**63) % 2**64 - 2**63
 
 
-def _sequences(prompts: list[list[int] | str], prompt_lens: list[int], base: SamplingParams,
-               max_tokens: list[int], n: int, context: bool) -> list[SeqSpec]:
+def _sequences(
+    prompts: list[list[int] | str],
+    prompt_lens: list[int],
+    base: SamplingParams,
+    max_tokens: list[int],
+    n: int,
+    context: bool,
+) -> list[SeqSpec]:
     seqs = []
     for p, prompt in enumerate(prompts):
         for i in range(n):
@@ -144,8 +169,9 @@ def _sequences(prompts: list[list[int] | str], prompt_lens: list[int], base: Sam
             else:
                 req = GenerateRequest(prompt_token_ids=list(prompt), params=params)
                 ctx_ids = list(prompt) if context else []
-            seqs.append(SeqSpec(index=index, request=req, prompt_tokens=prompt_lens[p],
-                                context_ids=ctx_ids))
+            seqs.append(
+                SeqSpec(index=index, request=req, prompt_tokens=prompt_lens[p], context_ids=ctx_ids)
+            )
     return seqs
 
 
@@ -181,15 +207,27 @@ def build_router(ctx: ServerContext) -> APIRouter:
         loaded = await loaded_tokenizer_for(ctx, engine, info)
         tokenizer = loaded.tokenizer if loaded is not None else None
         resolved, lens, echo = await _resolve_prompts(prompts, loaded, info, echo=req.echo)
-        max_tokens = [plan.budget(n_tok, info, default=oa.DEFAULT_COMPLETION_TOKENS)
-                      for n_tok in lens]
-        seqs = _sequences(resolved, lens, plan.params, max_tokens, req.n,
-                          context=not info.is_encoder_decoder)
-        job = _Job(chat=False, model=req.model, engine=engine, tokenizer=tokenizer, seqs=seqs,
-                   stops=plan.stops, stream=req.stream,
-                   include_usage=bool(req.stream_options and req.stream_options.include_usage),
-                   logprobs=plan.logprobs, echo=echo, timeout_s=timeout_s, n=req.n,
-                   byte_level=loaded is not None and loaded.byte_level)
+        max_tokens = [
+            plan.budget(n_tok, info, default=oa.DEFAULT_COMPLETION_TOKENS) for n_tok in lens
+        ]
+        seqs = _sequences(
+            resolved, lens, plan.params, max_tokens, req.n, context=not info.is_encoder_decoder
+        )
+        job = _Job(
+            chat=False,
+            model=req.model,
+            engine=engine,
+            tokenizer=tokenizer,
+            seqs=seqs,
+            stops=plan.stops,
+            stream=req.stream,
+            include_usage=bool(req.stream_options and req.stream_options.include_usage),
+            logprobs=plan.logprobs,
+            echo=echo,
+            timeout_s=timeout_s,
+            n=req.n,
+            byte_level=loaded is not None and loaded.byte_level,
+        )
         return await _answer(request, job)
 
     # ---- chat ----------------------------------------------------------------------------------
@@ -203,7 +241,9 @@ def build_router(ctx: ServerContext) -> APIRouter:
         if loaded is None:
             raise UnsupportedEndpoint(
                 f"model {info.name} does not support chat completions (no tokenizer); "
-                f"it supports: {oa.supported(info)}", param="model")
+                f"it supports: {oa.supported(info)}",
+                param="model",
+            )
         tokenizer = loaded.tokenizer
         kwargs = oa.template_kwargs(req)
         if req.chat_template is not None:
@@ -215,28 +255,44 @@ def build_router(ctx: ServerContext) -> APIRouter:
                 "eos_token": str(getattr(tokenizer, "eos_token", "") or ""),
             }
             text = await asyncio.to_thread(
-                ot.render_template_sandboxed, req.chat_template, variables,
-                time_limit_s=TEMPLATE_TIME_LIMIT_S, max_chars=TEMPLATE_MAX_CHARS,
+                ot.render_template_sandboxed,
+                req.chat_template,
+                variables,
+                time_limit_s=TEMPLATE_TIME_LIMIT_S,
+                max_chars=TEMPLATE_MAX_CHARS,
             )
         else:
             if not has_chat_template(tokenizer):
                 raise UnsupportedEndpoint(
                     f"model {info.name} does not support chat completions (no chat template); "
-                    f"it supports: {oa.supported(info)}", param="model")
+                    f"it supports: {oa.supported(info)}",
+                    param="model",
+                )
             text = await apply_chat_template(tokenizer, messages, req.add_generation_prompt, kwargs)
         log_prompt(ctx, "chat", text)
-        oa.check_prompt_chars(text, info, loaded.max_token_chars, param="messages",
-                              what="the rendered chat prompt")
+        oa.check_prompt_chars(
+            text, info, loaded.max_token_chars, param="messages", what="the rendered chat prompt"
+        )
         ids = (await encode(tokenizer, [text], add_special_tokens=False))[0]
         if not ids:
             raise InvalidInput("the rendered chat prompt is empty", param="messages")
         max_tokens = plan.budget(len(ids), info, default=None)
         seqs = _sequences([ids], [len(ids)], plan.params, [max_tokens], req.n, context=True)
-        job = _Job(chat=True, model=req.model, engine=engine, tokenizer=tokenizer, seqs=seqs,
-                   stops=plan.stops, stream=req.stream,
-                   include_usage=bool(req.stream_options and req.stream_options.include_usage),
-                   logprobs=plan.logprobs, echo=None, timeout_s=timeout_s, n=req.n,
-                   byte_level=loaded.byte_level)
+        job = _Job(
+            chat=True,
+            model=req.model,
+            engine=engine,
+            tokenizer=tokenizer,
+            seqs=seqs,
+            stops=plan.stops,
+            stream=req.stream,
+            include_usage=bool(req.stream_options and req.stream_options.include_usage),
+            logprobs=plan.logprobs,
+            echo=None,
+            timeout_s=timeout_s,
+            n=req.n,
+            byte_level=loaded.byte_level,
+        )
         return await _answer(request, job)
 
     # ---- embeddings ----------------------------------------------------------------------------
@@ -261,8 +317,9 @@ def build_router(ctx: ServerContext) -> APIRouter:
             lengths = [len(t) for t in token_ids]
         elif loaded is not None and texts is not None:
             for i, text in enumerate(texts):
-                oa.check_prompt_chars(text, info, loaded.max_token_chars, param="input",
-                                      what=f"input[{i}]")
+                oa.check_prompt_chars(
+                    text, info, loaded.max_token_chars, param="input", what=f"input[{i}]"
+                )
             lengths = [len(t) for t in await encode(loaded.tokenizer, texts)]
             counted = sum(lengths)
         else:
@@ -272,9 +329,12 @@ def build_router(ctx: ServerContext) -> APIRouter:
                 if n_tok > info.max_model_len:
                     raise InvalidInput(
                         f"input[{i}] has {n_tok} tokens; this model's limit is "
-                        f"{info.max_model_len}", param="input")
-        work = engine.embed(EmbedRequest(texts=texts, token_ids=token_ids),
-                            timeout_s=request_timeout(request))
+                        f"{info.max_model_len}",
+                        param="input",
+                    )
+        work = engine.embed(
+            EmbedRequest(texts=texts, token_ids=token_ids), timeout_s=request_timeout(request)
+        )
         result = await cancel_on_disconnect(request, work)
         vectors = result.embeddings
         if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
@@ -282,8 +342,9 @@ def build_router(ctx: ServerContext) -> APIRouter:
                 f"'dimensions' must equal the model's embedding size ({len(vectors[0])})",
                 param="dimensions",
             )
-        body = resp.embedding_response(req.model, vectors, req.encoding_format,
-                                     result.prompt_tokens or counted)
+        body = resp.embedding_response(
+            req.model, vectors, req.encoding_format, result.prompt_tokens or counted
+        )
         return JSONResponse(body)
 
     # ---- models --------------------------------------------------------------------------------
@@ -313,8 +374,9 @@ async def _answer(request: Request, job: _Job) -> Response:
 
 
 async def _collect(job: _Job) -> dict[str, Any]:
-    choices = {s.index: resp.ChoiceState(index=s.index, prompt_tokens=s.prompt_tokens)
-               for s in job.seqs}
+    choices = {
+        s.index: resp.ChoiceState(index=s.index, prompt_tokens=s.prompt_tokens) for s in job.seqs
+    }
     async with contextlib.aclosing(job.events()) as events:
         async for ev in events:
             c = choices[ev.index]
@@ -327,8 +389,7 @@ async def _collect(job: _Job) -> dict[str, Any]:
             c.text_offset = len(prefix)
     prompt_tokens = _prompt_tokens(job, ordered)
     build = resp.chat_response if job.chat else resp.completion_response
-    return build(job.rid, job.created, job.model, ordered, prompt_tokens,
-                 job.logprobs is not None)
+    return build(job.rid, job.created, job.model, ordered, prompt_tokens, job.logprobs is not None)
 
 
 def _accumulate(job: _Job, c: resp.ChoiceState, ev: Event) -> None:
@@ -358,8 +419,9 @@ def _positions(job: _Job, ev: Event) -> list[resp.PositionLogprobs]:
 
 def _token_logprob(job: _Job, token_id: int, logprob: float) -> resp.TokenLogprob:
     text = token_text(job.tokenizer, token_id)
-    return resp.TokenLogprob(text, logprob,
-                             token_bytes(job.tokenizer, token_id, text, job.byte_level))
+    return resp.TokenLogprob(
+        text, logprob, token_bytes(job.tokenizer, token_id, text, job.byte_level)
+    )
 
 
 def _prompt_tokens(job: _Job, choices: list[resp.ChoiceState]) -> int:
@@ -376,19 +438,20 @@ async def _stream(request: Request, job: _Job) -> Response:
     except BaseException:
         await events.aclose()
         raise
-    return sse.EventStreamResponse(_sse_body(job, first, events),
-                                   on_close=events.aclose)
+    return sse.EventStreamResponse(_sse_body(job, first, events), on_close=events.aclose)
 
 
-async def _sse_body(job: _Job, first: Event, events: AsyncGenerator[Event, None]
-                    ) -> AsyncIterator[bytes]:
+async def _sse_body(
+    job: _Job, first: Event, events: AsyncGenerator[Event, None]
+) -> AsyncIterator[bytes]:
     prompt_tokens = {s.index: s.prompt_tokens for s in job.seqs}
     completion_tokens = dict.fromkeys(prompt_tokens, 0)
     usage_extra = {"usage": None} if job.include_usage else {}
     obj = "chat.completion.chunk" if job.chat else "text_completion"
     # where each choice's next token starts in its text (after an echoed prompt), as in _collect
-    offsets = {s.index: len(job.echo[s.index // job.n]) if job.echo is not None else 0
-               for s in job.seqs}
+    offsets = {
+        s.index: len(job.echo[s.index // job.n]) if job.echo is not None else 0 for s in job.seqs
+    }
 
     def chunk(index: int, text: str, finish: str | None, ev: Event | None) -> bytes:
         lp = None
@@ -409,9 +472,19 @@ async def _sse_body(job: _Job, first: Event, events: AsyncGenerator[Event, None]
     try:
         for s in job.seqs:
             if job.chat:
-                yield sse.event({**resp.chat_chunk(job.rid, job.created, job.model, s.index,
-                                                 {"role": "assistant", "content": ""}, None),
-                                 **usage_extra})
+                yield sse.event(
+                    {
+                        **resp.chat_chunk(
+                            job.rid,
+                            job.created,
+                            job.model,
+                            s.index,
+                            {"role": "assistant", "content": ""},
+                            None,
+                        ),
+                        **usage_extra,
+                    }
+                )
             elif job.echo is not None:
                 yield chunk(s.index, job.echo[s.index // job.n], None, None)
         ev: Event | None = first
@@ -424,8 +497,16 @@ async def _sse_body(job: _Job, first: Event, events: AsyncGenerator[Event, None]
             ev = await anext(events, None)
         if job.include_usage:
             prompt_total = sum(v for k, v in prompt_tokens.items() if k % job.n == 0)
-            yield sse.event(resp.usage_chunk(job.rid, job.created, job.model, obj, prompt_total,
-                                           sum(completion_tokens.values())))
+            yield sse.event(
+                resp.usage_chunk(
+                    job.rid,
+                    job.created,
+                    job.model,
+                    obj,
+                    prompt_total,
+                    sum(completion_tokens.values()),
+                )
+            )
         yield sse.DONE
     except asyncio.CancelledError:
         raise

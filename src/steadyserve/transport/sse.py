@@ -26,7 +26,11 @@ DONE = b"data: [DONE]\n\n"
 
 def event(payload: dict[str, Any]) -> bytes:
     """One SSE ``data:`` event carrying a JSON object."""
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return (
+        b"data: "
+        + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        + b"\n\n"
+    )
 
 
 class EventStreamResponse(Response):
