@@ -188,7 +188,7 @@ class Settings(BaseModel):
     @classmethod
     def _dtype_aliases(cls, value: Any) -> Any:
         # KServe's huggingfaceserver also accepts torch's aliases
-        return {"float": "float32", "half": "float16"}.get(value, value)
+        return CHOICE_ALIASES["dtype"].get(value, value) if isinstance(value, str) else value
 
     @field_validator("device")
     @classmethod
@@ -261,8 +261,26 @@ ENV_VARS: dict[str, str] = {
     "log_format": "LOG_FORMAT",
 }
 
+#: Every other setting is read from ``STEADYSERVE_<FIELD>`` (``STEADYSERVE_MAX_QUEUE_TOKENS``):
+#: each flag has exactly one environment variable, shown by ``--help``.
+for _field in Settings.model_fields:
+    ENV_VARS.setdefault(_field, f"STEADYSERVE_{_field.upper()}")
+del _field
+
 #: Settings that are never flags (secrets).
 ENV_ONLY = frozenset({"api_key"})
+
+#: Other spellings a setting accepts besides its choices (KServe's huggingfaceserver takes
+#: torch's dtype aliases); error messages list them with the choices.
+CHOICE_ALIASES: dict[str, dict[str, str]] = {"dtype": {"float": "float32", "half": "float16"}}
+
+
+def accepted_values(field: str) -> tuple[str, ...] | None:
+    """Every value a choice setting accepts (its choices, then their aliases), or None."""
+    choices = _literal_choices(field)
+    if choices is None:
+        return None
+    return choices + tuple(CHOICE_ALIASES.get(field, {}))
 
 
 def _literal_choices(field: str) -> tuple[str, ...] | None:
@@ -306,7 +324,7 @@ def build_settings(flags: Mapping[str, Any], environ: Mapping[str, str] | None =
         name = _source_name(field, from_env) if field in Settings.model_fields else field
         bad = values.get(field, err.get("input"))
         shown = "***" if field == "api_key" else repr(bad)
-        choices = _literal_choices(field) if field in Settings.model_fields else None
+        choices = accepted_values(field) if field in Settings.model_fields else None
         if choices:
             raise ConfigError(
                 f"invalid {name}={shown}: valid values are {', '.join(choices)}"

@@ -34,12 +34,18 @@ def test_invalid_protocol_version_exits_2_before_any_port(value: str) -> None:
     [
         (["serve", "--model_nmae", "x"], "--model_nmae"),
         (["serve", "--model_name", "x", "--bogus"], "--bogus"),
-        (["--model_name", "x", "--http-port", "1"], "--http-port"),
+        (["--model_name", "x", "--http-prot", "1"], "--http-prot"),
         (["serve", "--http_port", "notanumber"], "--http_port"),
         (["serve", "--enable_grpc", "maybe"], "maybe"),
         (["serve", "--model_dir", "/definitely/not/here"], "/definitely/not/here"),
         (["serve", "--model_class", "examples/nope.py"], "--model_class"),
         (["serve", "--model_class", "examples/nope.py:Model"], "examples/nope.py"),
+        # a class-name typo, a class of the wrong kind, an import error: before any port opens
+        (["serve", "--model_class", "examples/custom_model.py:Scalr"], "has no attribute Scalr"),
+        (["serve", "--model_class", "examples/custom_model.py:TensorSpec"], "steadyserve.Model"),
+        (["serve", "--model_class", "tests/models/broken_import.py:X"], "ModuleNotFoundError"),
+        (["serve", "--dtype", "fp8"], "auto, float32, bfloat16, float16, float, half"),
+        (["serve", "--model-nmae", "x"], "did you mean --model-name?"),
     ],
 )
 def test_bad_flags_exit_2_naming_them(args: list[str], needle: str) -> None:
