@@ -31,6 +31,10 @@ from steadyserve.types import (
 
 MAX_TENSORS = 256
 MAX_NAME = 256
+MAX_ITEMS = 100_000
+"""The most items one request may carry, V1 and V2 alike: V1 instances, V2 rows (the first
+dimension) and V2 BYTES elements (each one a text for the model to run). A numeric tensor's
+elements are bounded by the body size instead (an image is many elements but one item)."""
 
 
 def _flatten(data: Any, out: list[Any], depth: int = 0) -> None:
@@ -53,6 +57,19 @@ def check_shape(name: str, shape: Any) -> list[int]:
     if len(shape) > 16:
         raise InvalidInput(f"input '{name}': at most 16 dimensions")
     return shape
+
+
+def check_items(name: str, datatype: str, shape: list[int]) -> None:
+    """At most :data:`MAX_ITEMS` rows, and as many BYTES elements (400 before any data is
+    read: a shape alone may announce millions of empty strings)."""
+    rows = shape[0] if shape else 1
+    count = math.prod(shape) if datatype == "BYTES" else rows
+    if rows > MAX_ITEMS or count > MAX_ITEMS:
+        what = "BYTES elements" if datatype == "BYTES" else "rows"
+        raise InvalidInput(
+            f"input '{name}': shape {shape[:16]} has more than {MAX_ITEMS} {what}; "
+            f"at most {MAX_ITEMS} items per request"
+        )
 
 
 def _check_name(kind: str, name: Any) -> str:
@@ -88,7 +105,10 @@ def check_values(name: str, datatype: str, flat: list[Any]) -> None:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
             raise InvalidInput(f"input '{name}': {datatype} elements must be numbers")
     if dtype.kind == "f" and flat:
-        wide = np.asarray(flat, dtype=np.float64)
+        try:
+            wide = np.asarray(flat, dtype=np.float64)
+        except OverflowError:  # a JSON integer too large for any float (1 and 309 zeros)
+            raise InvalidInput(f"input '{name}': value out of range for {datatype}") from None
         finite = wide[np.isfinite(wide)]
         if finite.size and np.abs(finite).max() > np.finfo(dtype).max:
             raise InvalidInput(f"input '{name}': value out of range for {datatype}")
@@ -133,8 +153,24 @@ UNSUPPORTED_OUTPUT_PARAMETERS = {
 """Requested-output parameters this server does not implement: refused, never ignored."""
 
 
+UNSUPPORTED_REQUEST_PARAMETERS = {
+    "sequence_id": "sequence batching (stateful models) is not supported",
+    "sequence_start": "sequence batching (stateful models) is not supported",
+    "sequence_end": "sequence batching (stateful models) is not supported",
+    "priority": "request priorities are not supported",
+    "timeout": "use the X-Request-Timeout header (seconds) or a gRPC deadline",
+}
+"""tritonclient's request parameters this server does not implement: refused (400), never
+ignored."""
+
+
 def check_request_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Request-level ``parameters`` this codec reads: ``binary_data_output`` must be a boolean."""
+    """Request-level ``parameters`` this codec reads: ``binary_data_output`` must be a boolean;
+    tritonclient's ``sequence_id``, ``priority`` and ``timeout`` are refused (see
+    :data:`UNSUPPORTED_REQUEST_PARAMETERS`)."""
+    for key, why in UNSUPPORTED_REQUEST_PARAMETERS.items():
+        if key in parameters:
+            raise InvalidInput(f"parameter '{key}' is not supported: {why}", param=key)
     flag = parameters.get("binary_data_output")
     if flag is not None and not isinstance(flag, bool):
         raise InvalidInput(
@@ -191,6 +227,7 @@ def decode_infer_request(body: Any, binary_inputs: dict[str, bytes] | None = Non
         seen.add(name)
         datatype = _check_datatype(name, item.get("datatype"))
         shape = check_shape(name, item.get("shape"))
+        check_items(name, datatype, shape)
         params = item.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidInput(f"input '{name}': 'parameters' must be an object")
@@ -250,7 +287,7 @@ def check_against_metadata(request: InferRequest, info: ModelInfo) -> None:
                 f"input '{tensor.name}': datatype {tensor.datatype} does not match the "
                 f"model's {spec.datatype}"
             )
-        if not _shape_matches(spec.shape, tensor.shape):
+        if not shape_matches(spec.shape, tensor.shape):
             raise InvalidInput(
                 f"input '{tensor.name}': shape {tensor.shape} does not match the model's "
                 f"{spec.shape} (-1 is any size)"
@@ -267,7 +304,7 @@ def check_against_metadata(request: InferRequest, info: ModelInfo) -> None:
                 )
 
 
-def _shape_matches(declared: list[int], actual: list[int]) -> bool:
+def shape_matches(declared: list[int], actual: list[int]) -> bool:
     if len(declared) != len(actual):
         return False
     return all(d == -1 or d == a for d, a in zip(declared, actual, strict=True))

@@ -78,7 +78,7 @@ HEADER_LENGTH = "inference-header-content-length"
 def parse_header_length(raw: str, body_length: int) -> int:
     """The ``Inference-Header-Content-Length`` value, checked against the body length."""
     text = raw.strip()
-    if not text.isdigit() or len(text) > 19:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:  # "\xb2".isdigit() is True
         raise InvalidInput(
             f"Inference-Header-Content-Length must be a non-negative integer, got {raw[:40]!r}"
         )

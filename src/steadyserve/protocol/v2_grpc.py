@@ -148,6 +148,7 @@ def decode_infer_request(msg: Any) -> InferRequest:
         seen.add(name)
         datatype = _check_datatype(name, item.datatype)
         shape = v2.check_shape(name, [int(d) for d in item.shape])
+        v2.check_items(name, datatype, shape)
         has_contents = item.HasField("contents")
         if raw:
             if has_contents and item.contents.ListFields():
