@@ -319,6 +319,18 @@ def _check_hf_model_dir(model_dir: str) -> None:
         raise ConfigError(f"invalid model directory {model_dir!r}: {exc}") from None
 
 
+def log_configuration(settings: Settings) -> None:
+    """The effective configuration at start-up: one key per line in text logs (readable), one
+    line holding the whole mapping in JSON logs (one record, easy to query)."""
+    config = settings.redacted()
+    if settings.log_format == "json":
+        log.info("effective configuration: %s", config)
+        return
+    log.info("effective configuration (%d settings):", len(config))
+    for key, value in config.items():
+        log.info("  %s = %r", key, value)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
@@ -362,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             value,
             KSERVE_NO_EFFECT[name][1],
         )
-    log.info("effective configuration: %s", settings.redacted())
+    log_configuration(settings)
     return run(settings, specs)
 
 

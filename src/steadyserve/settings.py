@@ -161,6 +161,13 @@ class Settings(BaseModel):
     max_request_body_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest request body (413 past it)."
     )
+    request_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A connection closes when a request's line and headers take longer than "
+        "this to arrive (one that sends nothing included), or its body stalls this long.",
+    )
     grpc_max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest gRPC message (RESOURCE_EXHAUSTED past it)."
     )

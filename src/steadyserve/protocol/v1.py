@@ -86,13 +86,13 @@ def check_against_metadata(request: PredictRequest, info: ModelInfo) -> None:
                 f"instance {index} has shape {list(shape)} but instance 0 has {list(first)}; "
                 f"{expects} needs instances of one shape"
             )
+    check_values(spec.name, spec.datatype, flat)
     batch = [len(request.instances), *(first or ())]
     if not shape_matches(spec.shape, batch):
         raise InvalidInput(
             f"instances form shape {batch} (instances x each instance's shape); {expects} "
             "(-1 is any size)"
         )
-    check_values(spec.name, spec.datatype, flat)
 
 
 def encode_predict_response(response: PredictResponse) -> dict[str, Any]:

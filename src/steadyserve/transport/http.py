@@ -25,8 +25,30 @@ OPENAI_PREFIXES = ("/openai/",)
 OPENAI_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/embeddings"})
 
 
+#: paths KServe V1 and the OpenAI API share (``/v1/models``, ``/v1/models/{name}``): their errors
+#: take the shape of the caller's protocol, told by the OpenAI SDKs' own headers
+SHARED_PREFIX = "/v1/models"
+
+
 def is_openai_path(path: str) -> bool:
     return path.startswith(OPENAI_PREFIXES) or path in OPENAI_PATHS
+
+
+def is_openai_client(headers: Any) -> bool:
+    """The request comes from an OpenAI SDK (``X-Stainless-Lang``, sent by the official Python
+    and Node clients, or a ``User-Agent`` of ``OpenAI/...``)."""
+    agent = headers.get("user-agent", "")
+    return "x-stainless-lang" in headers or agent.lower().startswith("openai/")
+
+
+def wants_openai_errors(request: Request) -> bool:
+    path = request.url.path
+    if is_openai_path(path):
+        return True
+    shared = path == SHARED_PREFIX or (
+        path.startswith(SHARED_PREFIX + "/") and ":" not in path[len(SHARED_PREFIX) :]
+    )
+    return shared and is_openai_client(request.headers)
 
 
 def error_body(
@@ -37,9 +59,10 @@ def error_body(
     err_type: str,
     param: str | None = None,
     code: str | None = None,
+    openai: bool | None = None,
 ) -> dict[str, Any]:
-    """The error shape of the protocol the path belongs to."""
-    if is_openai_path(path):
+    """The error shape of the protocol the path (or, on a shared path, the client) speaks."""
+    if openai if openai is not None else is_openai_path(path):
         return {
             "error": {
                 "message": message,
@@ -82,7 +105,10 @@ def error_response(request: Request, exc: BaseException) -> Response:
         log.error("unhandled error on %s %s", request.method, path, exc_info=exc)
         status, message = 500, "internal server error"
         err_type, param, code = "server_error", None, None
-    body = error_body(path, status, message, err_type=err_type, param=param, code=code)
+    openai = wants_openai_errors(request)
+    body = error_body(
+        path, status, message, err_type=err_type, param=param, code=code, openai=openai
+    )
     return ErrorJSONResponse(body, status_code=status, headers=headers)
 
 
