@@ -42,7 +42,6 @@ KSERVE_NO_EFFECT: dict[str, tuple[Any, str]] = {
     "workers": (int, "one HTTP process per pod; each model has its own worker process"),
     "max_threads": (int, "gRPC runs on asyncio"),
     "max_asyncio_workers": (int, "model code runs in the model's worker process"),
-    "enable_docs_url": ("bool", "no Swagger UI is served"),
     "enable_latency_logging": ("bool", "every access log line carries duration_ms"),
     "configure_logging": ("bool", "logging is set by --log_level / --log_format"),
     "log_config_file": (str, "logging is set by --log_level / --log_format"),

@@ -176,6 +176,11 @@ class Settings(BaseModel):
     cors_origins: list[str] = Field(
         default_factory=list, description="Allowed CORS origins, comma-separated (off if empty)."
     )
+    enable_docs_url: bool = Field(
+        True,
+        description="Serve interactive API docs at /docs and the OpenAPI schema (request and "
+        "response bodies of V1, V2 and OpenAI) at /openapi.json; false turns both off.",
+    )
     allow_request_chat_template: bool = Field(
         False, description="Let chat requests supply their own chat_template (sandboxed)."
     )

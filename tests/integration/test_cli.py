@@ -115,15 +115,17 @@ def test_kserve_huggingfaceserver_flags_start_the_server_and_are_named() -> None
     with ServerProcess(*args) as srv, srv.client() as c:
         r = c.post("/v1/models/scaler:predict", json={"instances": [[1.5]]})
         assert r.status_code == 200 and r.json() == {"predictions": [[3.0]]}
+        # --enable_docs_url is KServe's flag and has its effect here: docs off
+        assert c.get("/docs").status_code == 404 and c.get("/openapi.json").status_code == 404
         logs = srv.logs()
     for flag in (
         "--workers=1",
-        "--enable_docs_url=False",
         "--disable_lower_case=True",
         "--return_probabilities=True",
     ):
         assert f"{flag} is accepted for KServe compatibility and has no effect" in logs, flag
-    assert "'max_model_len': 128" in logs and "'dtype': 'float32'" in logs
+    assert "--enable_docs_url" not in logs
+    assert "  max_model_len = 128" in logs and "  dtype = 'float32'" in logs
 
 
 @pytest.mark.parametrize(

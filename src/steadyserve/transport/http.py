@@ -139,15 +139,19 @@ def build_app(ctx: ServerContext) -> FastAPI:
         finally:
             await ctx.registry.stop_all(0.0)
 
+    from steadyserve.transport import openapi_docs
+
+    docs = ctx.settings.enable_docs_url
     app = FastAPI(
         title="steadyserve",
         version=__version__,
         lifespan=lifespan,
-        docs_url=None,
+        docs_url=openapi_docs.DOCS_URL if docs else None,
         redoc_url=None,
-        openapi_url="/openapi.json",
+        openapi_url=openapi_docs.OPENAPI_URL if docs else None,
         redirect_slashes=False,  # an unknown path is a 404 JSON error, not a bodiless 307
     )
+    openapi_docs.install(app)
 
     async def handle(request: Request, exc: Exception) -> Response:
         return error_response(request, exc)
