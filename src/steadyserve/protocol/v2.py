@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from steadyserve.errors import InvalidInput, ModelError, ModelNotFound, UnsupportedEndpoint
+from steadyserve.protocol.raw_tensor import tensor_from_raw
 from steadyserve.types import (
     V2_DATATYPES,
     V2_TO_NUMPY,
@@ -199,7 +200,7 @@ def decode_infer_request(body: Any, binary_inputs: dict[str, bytes] | None = Non
     """A V2 JSON inference request body → :class:`InferRequest`.
 
     ``binary_inputs`` maps input names to their raw bytes when the binary extension is used
-    (see ``protocol.v2_binary``); those inputs carry no ``data`` in JSON."""
+    (see ``protocol.v2_binary``; the raw bytes are decoded by ``protocol.raw_tensor``); those inputs carry no ``data`` in JSON."""
     if not isinstance(body, dict):
         raise InvalidInput("request body must be a JSON object")
     inputs = body.get("inputs")
@@ -232,8 +233,6 @@ def decode_infer_request(body: Any, binary_inputs: dict[str, bytes] | None = Non
         if not isinstance(params, dict):
             raise InvalidInput(f"input '{name}': 'parameters' must be an object")
         if binary_inputs is not None and name in binary_inputs:
-            from steadyserve.protocol.v2_binary import tensor_from_raw
-
             tensors.append(tensor_from_raw(name, datatype, shape, binary_inputs[name]))
             continue
         if "data" not in item:

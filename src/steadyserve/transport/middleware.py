@@ -41,7 +41,7 @@ from steadyserve.errors import PayloadTooLarge, ServiceUnavailable, bounded
 from steadyserve.logs import request_id_var
 from steadyserve.transport.auth import AuthMiddleware
 from steadyserve.transport.context import ServerContext
-from steadyserve.transport.http import error_response
+from steadyserve.transport.errors import error_response
 from steadyserve.transport.metrics import MODEL_SCOPE_KEY, UNMATCHED_ROUTE, Metrics
 
 access_log = logging.getLogger("steadyserve.access")
