@@ -154,20 +154,9 @@ def setup_logging(settings: Settings) -> None:
 
 def model_specs(settings: Settings) -> list[Any]:
     """The models to serve, from the settings. Raises ConfigError for unusable paths."""
-    from steadyserve.engine.ipc import ModelSpec
+    from steadyserve.config import ModelSpec, model_options
 
-    common: dict[str, Any] = dict(
-        task=settings.task,
-        dtype=settings.dtype,
-        device=settings.device,
-        trust_remote_code=settings.trust_remote_code,
-        max_model_len=settings.max_model_len,
-        max_batch_size=settings.max_batch_size,
-        max_batch_wait_ms=settings.max_batch_wait_ms,
-        max_num_seqs=settings.max_num_seqs,
-        memory_limit_mb=settings.worker_memory_limit_mb,
-        torch_threads=settings.torch_threads,
-    )
+    common = model_options(settings)
     if settings.model_repository is not None:
         from steadyserve.repository import scan_repository
 
@@ -181,7 +170,7 @@ def model_specs(settings: Settings) -> list[Any]:
         return [
             ModelSpec(
                 name=name,
-                kind="custom",
+                runtime="custom",
                 model_class=settings.model_class,
                 model_dir=model_dir,
                 **common,
@@ -192,7 +181,7 @@ def model_specs(settings: Settings) -> list[Any]:
         return [
             ModelSpec(
                 name=name,
-                kind="huggingface",
+                runtime="huggingface",
                 model_id=settings.model_id,
                 revision=settings.model_revision,
                 tokenizer_revision=settings.tokenizer_revision,
@@ -205,12 +194,12 @@ def model_specs(settings: Settings) -> list[Any]:
 
         path = ensure_demo_model()
         name = settings.model_name or DEMO_MODEL_NAME
-        return [ModelSpec(name=name, kind="huggingface", model_dir=path, **common)]
+        return [ModelSpec(name=name, runtime="huggingface", model_dir=path, **common)]
     _check_hf_model_dir(model_dir)
     name = settings.model_name or (os.path.basename(os.path.normpath(model_dir)) or "model")
     if name == "models" and model_dir == "/mnt/models":
         name = settings.model_name or "model"
-    return [ModelSpec(name=name, kind="huggingface", model_dir=model_dir, **common)]
+    return [ModelSpec(name=name, runtime="huggingface", model_dir=model_dir, **common)]
 
 
 def _check_hf_model_dir(model_dir: str) -> None:

@@ -14,9 +14,8 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from steadyserve.engine.client import State
-from steadyserve.engine.ipc import ModelSpec
-from steadyserve.engine.supervisor import LOAD_FAILED
+from steadyserve.config import ModelSpec, model_options
+from steadyserve.engine.supervisor import State
 from steadyserve.errors import InvalidInput, ModelError, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ def spec_for_dir(name: str, path: str, common: dict[str, Any]) -> ModelSpec:
     """A Hugging Face model (config.json), or a custom model (model.py with a ``Model``
     subclass named in ``steadyserve.txt``, default class ``Model``)."""
     if os.path.isfile(os.path.join(path, "config.json")):
-        return ModelSpec(name=name, kind="huggingface", model_dir=path, **common)
+        return ModelSpec(name=name, runtime="huggingface", model_dir=path, **common)
     custom = os.path.join(path, "model.py")
     if os.path.isfile(custom):
         class_name = "Model"
@@ -45,9 +44,13 @@ def spec_for_dir(name: str, path: str, common: dict[str, Any]) -> ModelSpec:
             with open(marker, encoding="utf-8") as fh:
                 class_name = fh.read().strip() or class_name
         return ModelSpec(
-            name=name, kind="custom", model_class=f"{custom}:{class_name}", model_dir=path, **common
+            name=name,
+            runtime="custom",
+            model_class=f"{custom}:{class_name}",
+            model_dir=path,
+            **common,
         )
-    return ModelSpec(name=name, kind="huggingface", model_dir=path, **common)
+    return ModelSpec(name=name, runtime="huggingface", model_dir=path, **common)
 
 
 def scan_repository(root: str, common: dict[str, Any]) -> list[ModelSpec]:
@@ -80,30 +83,13 @@ def check_load_parameters(names: list[str]) -> None:
             )
 
 
-def spec_options(settings: Settings) -> dict[str, Any]:
-    """The per-model options every repository model gets from the server's settings (the same
-    ones the CLI gives the models it starts with)."""
-    return dict(
-        task=settings.task,
-        dtype=settings.dtype,
-        device=settings.device,
-        trust_remote_code=settings.trust_remote_code,
-        max_model_len=settings.max_model_len,
-        max_batch_size=settings.max_batch_size,
-        max_batch_wait_ms=settings.max_batch_wait_ms,
-        max_num_seqs=settings.max_num_seqs,
-        memory_limit_mb=settings.worker_memory_limit_mb,
-        torch_threads=settings.torch_threads,
-    )
-
-
 class ModelRepository:
     """The model repository extension: what is there, load it, unload it."""
 
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self.registry = registry
         self.root = settings.model_repository
-        self.options = spec_options(settings)
+        self.options = model_options(settings)
         self.load_wait_s = min(settings.worker_load_timeout_s, LOAD_WAIT_MAX_S)
         self.unload_grace_s = min(settings.graceful_shutdown_s, UNLOAD_GRACE_MAX_S)
 
@@ -162,8 +148,9 @@ class ModelRepository:
             engine = await self.registry.load(self._spec(name))
         deadline = time.monotonic() + self.load_wait_s
         while not engine.ready:
+            health = engine.health()
             reason = engine.last_error or ""
-            if engine.info is None and reason.startswith(LOAD_FAILED):
+            if engine.info is None and health.load_failed:
                 if self.registry.has(name) and self.registry.get(name) is engine:
                     await self.registry.unload(name, 0.0, reason=reason)
                 raise ModelError(f"model {name} failed to load: {reason}")

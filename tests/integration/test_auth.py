@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from steadyserve.engine.client import EngineConfig
+from steadyserve.config import EngineConfig
 from steadyserve.errors import Unauthorized
 from steadyserve.registry import Registry
 from steadyserve.settings import build_settings
