@@ -14,8 +14,9 @@ Two kinds of batch arrive:
   :data:`TS_RESPONSE` envelope (the handler's output, the status it set with
   ``set_response_status``, its response headers), turned into the HTTP response by
   ``transport.routes_torchserve``;
-* from KServe V1 / V2 (REST or gRPC): the instances are passed to ``handle`` as they are (as
-  TorchServe's ``kserve`` envelope does) and the outputs returned as predictions.
+* from KServe V1 / V2 (REST or gRPC): object instances are passed to ``handle`` as they are
+  (as TorchServe's ``kserve`` envelope does), other values (a V2 tensor's rows, a list) as
+  ``{"data": value}``; the outputs are returned as predictions.
 
 Failures stay local: a handler that raises on a batch is re-run one request at a time by the
 scheduler, so only the culprit fails; a handler returning the wrong number of outputs fails with
@@ -249,7 +250,10 @@ class TorchServeModel(Model):
     def _predict_kserve(self, inputs: list[Any]) -> list[Any]:
         ids = [str(uuid.uuid4()) for _ in inputs]
         processors = bind_requests(self.context, self.metrics, ids, [{} for _ in inputs])
-        ret = self._call(list(inputs))
+        # An instance that is an object is handed over as it is (``{"data": ...}``, as
+        # TorchServe's KServe envelope passes it); any other value becomes ``{"data": value}``,
+        # the shape every TorchServe handler reads.
+        ret = self._call([i if isinstance(i, dict) else {"data": i} for i in inputs])
         for proc in processors:
             code = int(proc.get_response_status_code() or 200)
             if code >= 400:
