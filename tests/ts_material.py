@@ -21,7 +21,7 @@ from model_archiver.model_archiver_config import ModelArchiverConfig  # noqa: E4
 from model_archiver.model_packaging import generate_model_archive  # noqa: E402
 
 #: BaseHandler subclass: default initialize (TorchScript or eager + model.py), own preprocess
-TENSOR_HANDLER = '''
+TENSOR_HANDLER = """
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
@@ -35,10 +35,10 @@ class TensorHandler(BaseHandler):
                 value = value["x"]
             rows.append([float(v) for v in value])
         return torch.tensor(rows, dtype=torch.float32)
-'''
+"""
 
 #: the eager model definition shipped as model.py (one class, as BaseHandler requires)
-MODEL_PY = '''
+MODEL_PY = """
 import torch
 
 
@@ -49,10 +49,10 @@ class TinyNet(torch.nn.Module):
 
     def forward(self, x):
         return self.fc(x)
-'''
+"""
 
 #: a module-level handle(data, context) entry point: echo, context details, metrics, faults
-FUNCTION_HANDLER = '''
+FUNCTION_HANDLER = """
 import time
 
 _state = {"initialized": 0}
@@ -94,10 +94,10 @@ def other_entry(data, context):
     if data is None:
         return None
     return ["other:" + str(row.get("body") or row.get("data")) for row in data]
-'''
+"""
 
 #: a handler class (not a BaseHandler) that sets per-request status, content type and headers
-STATUS_HANDLER = '''
+STATUS_HANDLER = """
 class StatusHandler:
     def initialize(self, context):
         self.context = context
@@ -118,24 +118,24 @@ class StatusHandler:
             else:
                 out.append({"ok": value})
         return out
-'''
+"""
 
-WRONG_COUNT_HANDLER = '''
+WRONG_COUNT_HANDLER = """
 def handle(data, context):
     if data is None:
         return None
     return [{"only": "one"}] * (len(data) + 1)
-'''
+"""
 
-IMPORT_ERROR_HANDLER = '''
+IMPORT_ERROR_HANDLER = """
 import not_a_real_package_for_steadyserve_tests  # noqa: F401
 
 
 def handle(data, context):
     return data
-'''
+"""
 
-EXPLAIN_HANDLER = '''
+EXPLAIN_HANDLER = """
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
@@ -156,7 +156,7 @@ class ExplainHandler(BaseHandler):
 
     def get_insights(self, tensor_data, raw_data, target):
         return [{"explanation": "because", "target": target}]
-'''
+"""
 
 
 def _write(path: Path, text: str) -> Path:

@@ -16,7 +16,10 @@ from steadyserve.runtimes.torchserve.config import load_ts_config, read_properti
 from steadyserve.runtimes.torchserve.specs import archive_spec, scan_store
 from steadyserve.settings import ConfigError
 
-MANIFEST = {"runtime": "python", "model": {"modelName": "m", "handler": "h.py", "modelVersion": "3"}}
+MANIFEST = {
+    "runtime": "python",
+    "model": {"modelName": "m", "handler": "h.py", "modelVersion": "3"},
+}
 
 
 def make_zip(path: Path, members: dict[str, bytes], manifest: bool = True) -> Path:

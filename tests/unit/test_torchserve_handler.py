@@ -5,27 +5,26 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from tests.ts_material import build_all, build_broken  # skips without ts / the archiver
-
-import torch  # noqa: E402
-
-from steadyserve.errors import InvalidInput, ModelError  # noqa: E402
-from steadyserve.runtimes.torchserve.archive import open_archive  # noqa: E402
-from steadyserve.runtimes.torchserve.handler import (  # noqa: E402
+from steadyserve.errors import InvalidInput, ModelError
+from steadyserve.runtimes.torchserve.archive import open_archive
+from steadyserve.runtimes.torchserve.handler import (
     TS_MODE,
     TS_REQUEST,
     TS_RESPONSE,
     HandlerLoadError,
     TorchServeModel,
 )
-from steadyserve.runtimes.torchserve.specs import archive_spec  # noqa: E402
+from steadyserve.runtimes.torchserve.specs import archive_spec
+from tests.ts_material import build_all, build_broken  # skips without ts / the archiver
 
 HANDLER_MODULES = (
     "tensor_handler",
@@ -76,8 +75,11 @@ def ts_request(body: Any, content_type: str | None = None, **headers: str) -> di
 
 
 def ts(model: TorchServeModel, *requests: dict[str, Any], mode: str = "predict") -> list[Any]:
-    out = model.predict(list(requests), {TS_MODE: mode})
-    return [o[TS_RESPONSE] for o in out]
+    out = [o[TS_RESPONSE] for o in model.predict(list(requests), {TS_MODE: mode})]
+    for env in out:
+        if "json_text" in env:
+            env["json"] = json.loads(env.pop("json_text"))
+    return out
 
 
 def test_torchscript_and_eager_load_with_base_handler(
@@ -156,8 +158,16 @@ def test_set_response_status_content_type_and_headers(
         ts_request(b"bytes", "text/plain"),
         ts_request(b"fine", "text/plain"),
     )
-    assert (tea["status"], tea["phrase"], tea["json"]) == (418, "I'm a teapot", {"error": "short and stout"})
-    assert (text["status"], text["content_type"], text["text"]) == (200, "text/plain", "plain words")
+    assert (tea["status"], tea["phrase"], tea["json"]) == (
+        418,
+        "I'm a teapot",
+        {"error": "short and stout"},
+    )
+    assert (text["status"], text["content_type"], text["text"]) == (
+        200,
+        "text/plain",
+        "plain words",
+    )
     assert text["headers"] == {"x-handler": "status"}
     assert base64.b64decode(raw["b64"]) == b"\x00\x01raw"
     assert ok == {**ok, "status": 200, "json": {"ok": "fine"}}
@@ -173,7 +183,9 @@ def test_wrong_number_of_outputs_names_the_handler(
     archives: dict[str, Path], isolated: None
 ) -> None:
     model = load(archives, "wrongcount")
-    with pytest.raises(ModelError, match=r"handler wrong_handler:handle returned 2 outputs for a batch of 1"):
+    with pytest.raises(
+        ModelError, match=r"handler wrong_handler:handle returned 2 outputs for a batch of 1"
+    ):
         ts(model, ts_request(b"x", "text/plain"))
 
 
@@ -189,9 +201,7 @@ def test_explanations(archives: dict[str, Path], isolated: None) -> None:
         ts(scripted, ts_request(b'{"x": [1, 2, 3]}', "application/json"), mode="explain")
 
 
-def test_load_failures_keep_the_handlers_message(
-    archives: dict[str, Path], isolated: None
-) -> None:
+def test_load_failures_keep_the_handlers_message(archives: dict[str, Path], isolated: None) -> None:
     with pytest.raises(ModuleNotFoundError, match="not_a_real_package_for_steadyserve_tests"):
         load(archives, "importerror")
     with pytest.raises(HandlerLoadError, match=r"handler 'no_such_handler.py' not found"):

@@ -12,7 +12,6 @@ traceback). The same models are served over KServe V1/V2 and gRPC by the usual r
 from __future__ import annotations
 
 import base64
-import json
 import os
 import uuid
 from typing import Any
@@ -134,9 +133,11 @@ def _response(env: dict[str, Any]) -> Response:
     elif "text" in env:
         content = env["text"].encode("utf-8")
         media = media or "text/plain; charset=utf-8"
-    else:
-        content = json.dumps(env.get("json"), ensure_ascii=False).encode("utf-8")
+    elif "json_text" in env:
+        content = str(env["json_text"]).encode("utf-8")
         media = media or "application/json"
+    else:
+        raise ModelError("the model sent no output")
     return Response(content, status_code=status, headers=headers, media_type=media)
 
 

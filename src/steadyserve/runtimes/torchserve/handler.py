@@ -137,12 +137,25 @@ def decode_value(value: Any, content_type: str | None) -> Any:
     return bytearray(value)
 
 
-def encode_output(value: Any) -> dict[str, Any]:
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # torch tensors, numpy arrays and scalars
+        return value.tolist()
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def encode_output(value: Any, handler: str = "") -> dict[str, Any]:
+    """One output as TorchServe sends it: bytes as they are, str as text, the rest as JSON
+    (a tensor becomes its list). An output that is none of these fails the request (500)."""
     if isinstance(value, (bytes, bytearray)):
         return {"b64": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, str):
         return {"text": value}
-    return {"json": value}
+    try:
+        return {"json_text": json.dumps(value, default=_json_default, ensure_ascii=False)}
+    except (TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"handler {handler} returned an output that is not JSON: {exc}") from None
 
 
 def _status_error(code: int, phrase: str, handler: str) -> SteadyError:
@@ -241,7 +254,7 @@ class TorchServeModel(Model):
                 "headers": resp_headers,
                 "content_type": content_type,
             }
-            env.update(encode_output(value))
+            env.update(encode_output(value, self.entry))
             outputs.append({TS_RESPONSE: env})
         if outputs:
             outputs[0][TS_RESPONSE]["metrics"] = self._drain_metrics()
