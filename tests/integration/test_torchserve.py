@@ -296,16 +296,19 @@ def test_failed_loads_show_in_ping(material: dict[str, Path], tmp_path: Path) ->
     store.mkdir()
     for name in ("echo", "importerror", "wrongname"):
         shutil.copy(material[name], store / f"{name}.mar")
-    with ServerProcess("--model_repository", str(store), wait_ready=False) as srv:
+    with ServerProcess(
+        "--model_repository", str(store), "--max_consecutive_crashes", "1", wait_ready=False
+    ) as srv:
         srv.wait_until_ready(180, path="/v2/models/echo/ready")
 
-        def unhealthy() -> dict[str, Any] | None:
-            r = httpx.get(srv.url + "/ping")
-            models = r.json().get("models", {})
-            return r.json() if r.status_code == 503 and len(models) == 2 else None
+        def given_up() -> bool:
+            r = httpx.post(srv.url + "/v2/repository/index", json={}, timeout=10)
+            return sum(m["state"] == "UNAVAILABLE" for m in r.json()) == 2
 
-        body = wait_for(unhealthy, timeout=120)
-        assert body["status"] == "Unhealthy"
+        wait_for(given_up, timeout=120)  # both failed loads are final, not restarting
+        r = httpx.get(srv.url + "/ping")
+        body = r.json()
+        assert (r.status_code, body["status"]) == (503, "Unhealthy")
         assert "not_a_real_package_for_steadyserve_tests" in body["models"]["importerror"]
         assert "no_such_handler" in body["models"]["wrongname"]
         with srv.client() as c:

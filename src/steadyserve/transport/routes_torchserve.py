@@ -153,13 +153,22 @@ def build_router(ctx: ServerContext) -> APIRouter:
             handler_metrics.append(_HandlerMetrics(ctx.metrics.registry))
         handler_metrics[0].add(model, records)
 
+    #: models whose registration through ``POST /models`` failed: that request got the error;
+    #: they do not make the server unhealthy (as in TorchServe)
+    refused: set[str] = set()
+
     @router.get("/ping")
     async def ping() -> JSONResponse:
-        """``{"status": "Healthy"}`` only when every model is ready; else 503 with why."""
-        if registry.ready:
-            return JSONResponse({"status": "Healthy"})
+        """``{"status": "Healthy"}`` only when every model is ready and none of the models the
+        server was started with failed to load (given up); else 503 with each one's reason."""
+        from steadyserve.engine.supervisor import LOAD_FAILED
+
         models = {e.name: e.last_error or str(e.state) for e in registry.engines() if not e.ready}
-        models.update(registry.unloaded())
+        for name, reason in registry.unloaded().items():
+            if reason.startswith(LOAD_FAILED) and name not in refused:
+                models[name] = reason
+        if registry.ready and not models:
+            return JSONResponse({"status": "Healthy"})
         return JSONResponse({"status": "Unhealthy", "models": models}, status_code=503)
 
     async def run(request: Request, name: str, version: str | None, mode: str) -> Response:
@@ -237,7 +246,9 @@ def build_router(ctx: ServerContext) -> APIRouter:
 
     @router.get("/models/{name}/{version}")
     async def describe_version(name: str, version: str) -> list[dict[str, Any]]:
-        _ts_spec(ctx, name, version)
+        known = registry.get(name).spec.options.get("version")  # 404 for an unknown model
+        if known is not None and version != str(known):
+            raise NotFound(f"model {name} has no version {version[:50]!r}")
         return [describe(name)]
 
     @router.post("/models")
@@ -263,9 +274,13 @@ def build_router(ctx: ServerContext) -> APIRouter:
             return JSONResponse(
                 {"status": f'Model "{spec.name}" registration accepted'}, status_code=202
             )
+        refused.discard(spec.name)
         await registry.load(spec)
-        repo = ModelRepository(registry, ctx.settings)
-        await repo.load(spec.name)
+        try:
+            await ModelRepository(registry, ctx.settings).load(spec.name)
+        except ModelError:
+            refused.add(spec.name)
+            raise
         version = spec.options.get("version")
         return JSONResponse(
             {"status": f'Model "{spec.name}" Version: {version} registered with 1 initial workers'}
