@@ -79,6 +79,7 @@ def handle(data, context):
             "model": context.model_name,
             "request_id": context.get_request_id(idx),
             "tag": context.get_request_header(idx, "x-tag"),
+            "saw_authorization": context.get_request_header(idx, "authorization") is not None,
             "content_type": (context.get_request_header(idx, "body") or {}).get("content-type")
             if isinstance(context.get_request_header(idx, "body"), dict) else None,
             "fields": sorted(row),
@@ -115,6 +116,12 @@ class StatusHandler:
                 out.append("plain words")
             elif value == "bytes":
                 out.append(b"\\x00\\x01raw")
+            elif value == "object":
+                out.append(object())  # not JSON: a 500 naming the handler
+            elif value == "prediction-exception":
+                from ts.utils.util import PredictionException
+
+                raise PredictionException("cannot predict that", 422)
             else:
                 out.append({"ok": value})
         return out

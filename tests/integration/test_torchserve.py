@@ -100,6 +100,7 @@ def test_raw_json_and_multipart_bodies(client: httpx.Client) -> None:
     body = r.json()
     assert (r.status_code, body["echo"], body["tag"], body["model"]) == (200, "hi", "t", "echo")
     assert body["request_id"] == r.headers["x-request-id"]
+    assert body["saw_authorization"] is False  # the API key never reaches a handler
     r = client.post("/predictions/echo", json={"a": 1})
     assert r.json()["echo"] == {"a": 1}
     r = client.post("/predictions/echo", files={"data": ("img.bin", b"filebytes", "text/plain")})
@@ -135,6 +136,17 @@ def test_handler_status_content_type_and_bytes(client: httpx.Client) -> None:
     assert r.headers["content-type"].startswith("text/plain")
     r = client.post("/predictions/status", content=b"bytes", headers={"content-type": "text/plain"})
     assert (r.status_code, r.content) == (200, b"\x00\x01raw")
+    r = client.post(
+        "/predictions/status", content=b"object", headers={"content-type": "text/plain"}
+    )
+    assert r.status_code == 500 and "not JSON" in r.json()["error"]
+    r = client.post(
+        "/predictions/status",
+        content=b"prediction-exception",
+        headers={"content-type": "text/plain"},
+    )
+    assert (r.status_code, r.text) == (422, "cannot predict that")
+    echo_ok(client)
 
 
 def test_wrong_number_of_outputs_is_500_naming_the_handler(client: httpx.Client) -> None:
@@ -321,12 +333,20 @@ def test_ts_config_and_model_archive(material: dict[str, Path], tmp_path: Path) 
         "inference_address=http://127.0.0.1:1\n"
         "default_response_timeout=30\n"
         "number_of_netty_threads=4\n"
-        'models={"echo": {"2.0": {"batchSize": 4, "maxBatchDelay": 20}}}\n'
+        'models={"echo": {"2.0": {"batchSize": 4, "maxBatchDelay": 20, "responseTimeout": 2}}}\n'
     )
     with ServerProcess("--model_archive", str(material["echo"]), "--ts_config", str(cfg)) as srv:
         with srv.client() as c:
             (desc,) = c.get("/models/echo").json()
-            assert (desc["batchSize"], desc["maxBatchDelay"]) == (4, 20.0)
+            assert (desc["batchSize"], desc["maxBatchDelay"], desc["responseTimeout"]) == (
+                4,
+                20.0,
+                2,
+            )
+            echo_ok(c)
+            # responseTimeout: the model's deadline on its TorchServe routes (504 past it)
+            r = c.post("/predictions/echo", json={"sleep": 3})
+            assert r.status_code == 504
             echo_ok(c)
         assert "number_of_netty_threads" in srv.logs()
 

@@ -177,6 +177,13 @@ def test_set_response_status_content_type_and_headers(
     with pytest.raises(ModelError, match="set status 418 in a batch"):
         model.predict(["fine", "teapot"])
     assert model.predict(["fine"]) == [{"ok": "fine"}]
+    with pytest.raises(
+        ModelError, match="handler status_handler.StatusHandler returned an output that is not JSON"
+    ):
+        ts(model, ts_request(b"object", "text/plain"))
+    # ts.utils.util.PredictionException(message, code): that status, as in TorchServe
+    (exc,) = ts(model, ts_request(b"prediction-exception", "text/plain"))
+    assert (exc["status"], exc["text"]) == (422, "cannot predict that")
 
 
 def test_wrong_number_of_outputs_names_the_handler(
