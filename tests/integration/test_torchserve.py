@@ -294,13 +294,18 @@ def test_management_api(material: dict[str, Path], client: httpx.Client) -> None
     ):
         r = client.post("/models", params={"url": url})
         assert r.status_code == 400 and why in r.json()["error"], r.text
-    # a handler that fails to import: 500 with its message, and the others keep serving
-    shutil.copy(material["importerror"], store / "importerror.mar")
-    r = client.post("/models", params={"url": "importerror.mar"})
-    assert r.status_code == 500
-    assert "not_a_real_package_for_steadyserve_tests" in r.json()["error"]
-    echo_ok(client)
-    (store / "importerror.mar").unlink()
+    # a handler that fails to import or does not exist: 400 with its message; others serve on
+    for name, why in (
+        ("importerror", "No module named 'not_a_real_package_for_steadyserve_tests'"),
+        ("wrongname", "handler 'no_such_handler.py' not found"),
+    ):
+        shutil.copy(material[name], store / f"{name}.mar")
+        r = client.post("/models", params={"url": f"{name}.mar"})
+        assert r.status_code == 400 and why in r.json()["error"], r.text
+        assert "Traceback" not in r.text
+        echo_ok(client)
+        (store / f"{name}.mar").unlink()
+    assert httpx.get(str(client.base_url) + "/ping").json() == {"status": "Healthy"}
 
 
 def test_failed_loads_show_in_ping(material: dict[str, Path], tmp_path: Path) -> None:

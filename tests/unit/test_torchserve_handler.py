@@ -22,6 +22,7 @@ from steadyserve.runtimes.torchserve.handler import (
     TS_RESPONSE,
     HandlerLoadError,
     TorchServeModel,
+    gpu_id_for,
 )
 from steadyserve.runtimes.torchserve.specs import archive_spec
 from tests.ts_material import build_all, build_broken  # skips without ts / the archiver
@@ -57,7 +58,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def load(archives: dict[str, Path], name: str, **options: Any) -> TorchServeModel:
-    spec = archive_spec(str(archives[name]), {})
+    spec = archive_spec(str(archives[name]), {"device": "cpu"})
     model = TorchServeModel(name, spec.model_dir, **{**spec.options, **options})
     model.load()
     return model
@@ -232,3 +233,11 @@ def test_unpacked_archive_dir_serves_too(archives: dict[str, Path], isolated: No
     model_dir, manifest = open_archive(str(archives["echo"]))
     spec = archive_spec(model_dir, {}, name="echo-dir")
     assert spec.model_dir == model_dir and spec.options["handler"] == manifest.handler
+
+
+def test_gpu_id_follows_device() -> None:
+    assert gpu_id_for("cpu", True) is None
+    assert gpu_id_for("auto", False) is None
+    assert gpu_id_for("auto", True) == 0
+    assert gpu_id_for("cuda", True) == 0
+    assert gpu_id_for("cuda:3", True) == 3

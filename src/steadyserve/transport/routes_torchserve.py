@@ -278,9 +278,11 @@ def build_router(ctx: ServerContext) -> APIRouter:
         await registry.load(spec)
         try:
             await ModelRepository(registry, ctx.settings).load(spec.name)
-        except ModelError:
+        except ModelError as exc:
+            # the archive is at fault (its handler is missing or does not import): a 400 with
+            # the handler's own message; the server and its other models are unaffected
             refused.add(spec.name)
-            raise
+            raise InvalidInput(exc.message) from None
         version = spec.options.get("version")
         return JSONResponse(
             {"status": f'Model "{spec.name}" Version: {version} registered with 1 initial workers'}

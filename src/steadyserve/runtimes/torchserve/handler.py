@@ -167,6 +167,19 @@ def _status_error(code: int, phrase: str, handler: str) -> SteadyError:
     return ModelError(message)
 
 
+def gpu_id_for(device: str | None, cuda_available: bool) -> int | None:
+    """TorchServe's ``gpu_id`` from steadyserve's ``--device``: ``cuda:N`` → N, ``cuda`` → 0,
+    ``auto`` → 0 when CUDA is available (TorchServe hands out GPUs when there are any), else
+    ``None`` (BaseHandler then runs on the CPU)."""
+    device = (device or "auto").lower()
+    if device.startswith("cuda"):
+        _, _, index = device.partition(":")
+        return int(index) if index else 0
+    if device == "auto" and cuda_available:
+        return 0
+    return None
+
+
 class TorchServeModel(Model):
     """A TorchServe archive (unpacked into ``model_dir``) served by steadyserve."""
 
@@ -200,7 +213,7 @@ class TorchServeModel(Model):
             model_dir,
             manifest.raw,
             self.batch_size,
-            self.options.get("gpu_id"),
+            self._gpu_id(),
             yaml_config,
             self.metrics,
             bool(self.options.get("limit_max_image_pixels", True)),
@@ -208,6 +221,13 @@ class TorchServeModel(Model):
         self.metrics.set_request_ids(str(uuid.uuid4()))
         initialize(self.context)
         log.info("loaded TorchServe handler %s for %s", self.entry, self.name)
+
+    def _gpu_id(self) -> int | None:
+        if "gpu_id" in self.options:
+            return self.options["gpu_id"]  # type: ignore[no-any-return]
+        import torch
+
+        return gpu_id_for(self.options.get("device"), torch.cuda.is_available())
 
     def predict(self, inputs: Any, parameters: dict[str, Any] | None = None) -> Any:
         mode = (parameters or {}).get(TS_MODE)

@@ -84,6 +84,7 @@ def archive_spec(
             "batch_size": batch_size,
             "response_timeout_s": timeout_s,
             "torchserve": True,
+            "device": common.get("device", "auto"),
         },
         **base,
     )
