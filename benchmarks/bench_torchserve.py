@@ -5,7 +5,7 @@
 The archive (built with torch-model-archiver) holds a TorchScript MLP (``--width`` wide, 3
 layers) and a BaseHandler subclass (tests/ts_material.py ``TENSOR_HANDLER``).
 
-    python benchmarks/bench_torchserve.py [--requests 200] [--width 512]
+    python benchmarks/bench_torchserve.py [--requests 200] [--width 512] [--torch_threads 1]
 """
 
 from __future__ import annotations
@@ -79,7 +79,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--width", type=int, default=512)
+    parser.add_argument(
+        "--torch_threads",
+        type=int,
+        default=1,
+        help="intra-op threads (server and ceiling); on a busy 2-core VM more threads spin",
+    )
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
     vec = [0.5] * args.width
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,7 +96,13 @@ def main() -> None:
         mars = {b: build(work, args.width, b) for b in (1, 8)}
         print_table("in-process handler (ceiling)", ceiling(mars[8], args.width, 200))
         for batch, mar in mars.items():
-            with ServerProcess("--model_archive", str(mar), ready_timeout=180) as srv:
+            with ServerProcess(
+                "--model_archive",
+                str(mar),
+                "--torch_threads",
+                str(args.torch_threads),
+                ready_timeout=180,
+            ) as srv:
                 for route, url, body in (
                     ("/predictions", f"{srv.url}/predictions/mlp", {"x": vec}),
                     ("v1 :predict", f"{srv.url}/v1/models/mlp:predict", {"instances": [vec]}),
