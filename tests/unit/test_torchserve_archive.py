@@ -132,6 +132,7 @@ def test_config_properties(tmp_path: Path) -> None:
         "load_models=b.mar\n"
         "default_response_timeout=30\n"
         "number_of_netty_threads=4\n"
+        "service_envelope=kserve\n"
         'models={"b": {"1.0": {"batchSize": 3, \\\n   "maxBatchDelay": 15}}}\n'
     )
     cfg = load_ts_config(str(cfg_path))
@@ -143,6 +144,7 @@ def test_config_properties(tmp_path: Path) -> None:
     }
     assert cfg.load_models == ["b.mar"]
     assert any("number_of_netty_threads" in w for w in cfg.warnings)
+    assert any(w.startswith("service_envelope") and "KServe V1/V2" in w for w in cfg.warnings)
     assert any("management_address" in w for w in cfg.warnings)
     specs = scan_store(str(store), common(), cfg.load_models, cfg.models)
     assert [(s.name, s.max_batch_size, s.max_batch_wait_ms) for s in specs] == [("b", 3, 15.0)]

@@ -48,6 +48,19 @@ KNOWN_KEYS = frozenset(
 )
 
 
+#: why some common keys have no effect (others: "has no effect in steadyserve")
+NO_EFFECT_WHY = {
+    "service_envelope": "KServe V1/V2 (REST and gRPC) are served for every model without one",
+    "default_workers_per_model": "each model has one worker process",
+    "number_of_gpu": "the device is --device",
+    "install_py_dep_per_model": "install a model's requirements into the environment yourself",
+    "enable_envvars_config": "environment variables are always read (steadyserve serve --help)",
+    "metrics_mode": "metrics are Prometheus at /metrics",
+    "disable_token_authorization": "the API key is STEADYSERVE_API_KEY (unset: no key)",
+    "enable_model_api": "the management API is always on, behind the API key",
+}
+
+
 @dataclass(frozen=True)
 class ModelOverrides:
     batch_size: int | None = None
@@ -154,7 +167,8 @@ def load_ts_config(path: str) -> TsConfig:
     cfg = TsConfig(path=path)
     for key in sorted(props):
         if key not in KNOWN_KEYS:
-            cfg.warnings.append(f"{key} (in {path}) has no effect in steadyserve; ignored")
+            why = NO_EFFECT_WHY.get(key, "not a setting steadyserve has")
+            cfg.warnings.append(f"{key} (in {path}) has no effect: {why}")
     inference = None
     if "inference_address" in props:
         host, port, scheme = _address(path, "inference_address", props["inference_address"])
