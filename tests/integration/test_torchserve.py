@@ -207,6 +207,11 @@ def test_concurrent_clients_on_several_models(client: httpx.Client) -> None:
             r = client.post(f"/predictions/{name}", json=body)
             if r.status_code != 200:
                 errors.append(f"{name}: {r.status_code} {r.text[:200]}")
+            # KServe V1 on the same models at the same time (batched apart from /predictions)
+            instance = [1, 2, 3] if name == "scripted" else {"data": body}
+            r = client.post(f"/v1/models/{name}:predict", json={"instances": [instance]})
+            if r.status_code != 200 or len(r.json()["predictions"]) != 1:
+                errors.append(f"v1 {name}: {r.status_code} {r.text[:200]}")
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
     for t in threads:

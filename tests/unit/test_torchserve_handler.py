@@ -133,6 +133,16 @@ def test_function_handler_gets_torchserve_context(
     assert ("EchoRequests", "counter") in metrics and ("PredictionTime", "gauge") in metrics
 
 
+def test_kserve_instances_reach_the_handler_as_data_rows(
+    archives: dict[str, Path], isolated: None
+) -> None:
+    model = load(archives, "echo")
+    a, b = model.predict([{"data": "as is"}, [1, 2]])
+    assert (a["echo"], a["fields"]) == ("as is", ["data"])  # an object: passed as it is
+    assert (b["echo"], b["fields"]) == ([1, 2], ["data"])  # any other value: {"data": value}
+    assert a["batch"] == 2
+
+
 def test_file_function_entry_point(archives: dict[str, Path], isolated: None) -> None:
     model = load(archives, "other")
     (out,) = ts(model, ts_request(b"x", "text/plain"))
