@@ -11,6 +11,7 @@ traceback). The same models are served over KServe V1/V2 and gRPC by the usual r
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import uuid
@@ -262,8 +263,10 @@ def build_router(ctx: ServerContext) -> APIRouter:
         if not url:
             raise InvalidInput("register needs ?url=<archive>.mar (a file in the model store)")
         path = _local_archive(ctx, url)
-        try:
-            spec = archive_spec(path, spec_options(ctx.settings), q.get("model_name"))
+        try:  # unpacking may take a while: off the event loop
+            spec = await asyncio.to_thread(
+                archive_spec, path, spec_options(ctx.settings), q.get("model_name")
+            )
         except ArchiveError as exc:
             raise InvalidInput(str(exc)) from None
         spec = with_batching(spec, _int_param(q, "batch_size"), _int_param(q, "max_batch_delay"))
