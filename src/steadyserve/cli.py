@@ -265,7 +265,7 @@ def model_specs(settings: Settings, ts_config: Any = None) -> list[Any]:
 #: print one line per class that cannot be served (exit 1 if any).
 _CHECK_CLASSES = """
 import sys
-from steadyserve.engine.worker import load_class
+from steadyserve.runtimes import load_class
 bad = 0
 for ref in sys.argv[1:]:
     try:

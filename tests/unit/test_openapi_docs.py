@@ -9,8 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from steadyserve.engine.client import EngineConfig
-from steadyserve.engine.ipc import ModelSpec
+from steadyserve.config import EngineConfig, ModelSpec
 from steadyserve.registry import Registry
 from steadyserve.settings import build_settings
 from steadyserve.transport.context import ServerContext
@@ -18,7 +17,7 @@ from steadyserve.transport.http import build_app
 
 
 def _app(**flags: Any) -> Any:
-    registry = Registry(EngineConfig(), [ModelSpec(name="m", kind="custom")])
+    registry = Registry(EngineConfig(), [ModelSpec(name="m", runtime="custom")])
     ctx = ServerContext(settings=build_settings(flags, environ={}), registry=registry)
     return build_app(ctx)
 
