@@ -124,11 +124,10 @@ def _mapped(method: Handler[T]) -> Handler[T]:
             shown_model = str(model)[:128] if model else None
             access_log.log(
                 logging.DEBUG if probe else logging.INFO,  # probes at DEBUG, as over HTTP
-                "gRPC %s %d %.1fms%s",
+                "gRPC %s %d %.1fms",
                 route,
                 status,
                 elapsed * 1000.0,
-                f" model={shown_model}" if shown_model else "",
                 extra={
                     "method": "gRPC",
                     "route": route,

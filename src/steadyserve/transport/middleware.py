@@ -147,12 +147,11 @@ class RequestContextMiddleware:
             model_name = bounded(str(model), 128) if model else None
             access_log.log(
                 level,
-                "%s %s %d %.1fms%s",
+                "%s %s %d %.1fms",
                 scope["method"],
                 shown,
                 status,
                 elapsed * 1000.0,
-                f" model={model_name}" if model_name else "",
                 extra={
                     "method": scope["method"],
                     "route": route,
