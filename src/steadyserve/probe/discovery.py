@@ -109,8 +109,11 @@ async def discover(
 
     v1_names: list[str] = []
     openai_names: list[str] = []
+    refused = []
     for prefix in ("/v1", "/openai/v1"):
         resp = await _get(target, f"{prefix}/models", timeout)
+        if resp is not None and resp.status in (401, 403):
+            refused.append(f"{prefix}/models: {resp.status}")
         body = resp.json() if resp is not None and resp.status == 200 else None
         if not isinstance(body, dict):
             continue
@@ -152,13 +155,17 @@ async def discover(
             found.models.append(m)
     if protocols:
         found.protocols &= protocols
-    if not found.models:
-        served = ", ".join(names) if model is None else ", ".join([*openai_names, *v1_names])
-        what = f"model {model!r}" if model else "any model"
+    if not found.models and refused:
         raise UsageError(
-            f"found no {what} at {target.base}"
-            + (f" over {', '.join(sorted(protocols))}" if protocols else "")
-            + (f" (served: {served})" if served else "")
+            f"{target.base} refused the model listing ({', '.join(refused)}): "
+            "it needs an API key (--api_key or -H)"
+        )
+    if not found.models:
+        served = ", ".join(dict.fromkeys([*openai_names, *v1_names]))
+        over = f" over {', '.join(sorted(protocols))}" if protocols else ""
+        what = f"model {model!r} not found" if model else "found no model"
+        raise UsageError(
+            f"{what} at {target.base}{over}" + (f" (served: {served})" if served else "")
         )
     await _find_readiness(found, timeout)
     return found

@@ -309,7 +309,14 @@ class Runner:
             if conn.writer is not None and result.status.startswith("2"):
                 conn.writer.transport.pause_reading()  # type: ignore[attr-defined]
                 await asyncio.sleep(min(self.opts.stall_s, self.opts.case_timeout))
-                result.note = "follow-ups ran while the stream was unread"
+                # While it stays unread, others must still be served (maybe slower: the
+                # unread stream may still compete for compute) and readiness must agree.
+                assert model.good is not None
+                faults, served = await self._good(model, model.good, None, timed=False)
+                result.add(faults)
+                result.add(await self._readiness(served))
+                result.note = "others were served while the stream was unread"
+                conn.abort()
             result.add(await self._followups(model, None))
         except TimedOut as exc:
             result.add([(Fault.HANG, str(exc))])
@@ -372,20 +379,22 @@ class Runner:
     # ---- follow-ups -----------------------------------------------------------------------
 
     async def _followups(self, model: Model, conn: Connection | None) -> list[tuple[Fault, str]]:
+        """A good request on ``conn`` (when the server kept it open) and one on a fresh
+        connection, at once; then a readiness read that must agree with them."""
         good = model.good
         assert good is not None
-        faults: list[tuple[Fault, str]] = []
+        checks = [self._good(model, good, None)]
         if conn is not None and conn.is_open and not conn.server_closes:
-            faults += (await self._good(model, good, conn))[0]
-        fresh_faults, served = await self._good(model, good, None)
-        faults += fresh_faults
-        return faults + await self._readiness(served)
+            checks.append(self._good(model, good, conn))
+        outcomes = await asyncio.gather(*checks)
+        faults = [f for found, _ in outcomes for f in found]
+        return faults + await self._readiness(served=outcomes[0][1])
 
     async def _good(
-        self, model: Model, good: Request, conn: Connection | None
+        self, model: Model, good: Request, conn: Connection | None, timed: bool = True
     ) -> tuple[list[tuple[Fault, str]], bool]:
         """A good request on ``conn`` (the case's keep-alive connection) or a fresh one:
-        (faults, whether it was served)."""
+        (faults, whether it was served). ``timed``: also fault it for being slow."""
         where = "the same keep-alive connection" if conn is not None else "a fresh connection"
         timeout = self.opts.case_timeout
         try:
@@ -405,7 +414,7 @@ class Runner:
                 (Fault.DEGRADED, f"a good request on {where} answered {resp.excerpt(160)}")
             ], False
         limit = max(5 * model.baseline_s, model.baseline_s + 2.0)
-        if resp.latency_s > limit:
+        if timed and resp.latency_s > limit:
             # Once more before blaming the case: a busy machine can stall one request.
             again = await self._send_fresh(good, Result("", "", ""))
             if again is None or again.latency_s > limit:
