@@ -133,7 +133,7 @@ def test_readiness_that_says_not_ready_while_requests_succeed(tmp_path: Path) ->
 def test_serves_worse_afterwards(tmp_path: Path) -> None:
     with FakeServer("slow_after_bad_stop") as fake:
         code, report, _, _ = probe(
-            fake.url, tmp_path, "--cases", "openai.mistyped_stop", "--case_timeout", "6"
+            fake.url, tmp_path, "--cases", "openai.mistyped_stop", "--case_timeout", "4"
         )
     assert code == 1
     r = result(report, "openai.mistyped_stop")

@@ -66,12 +66,12 @@ class Case:
         if self.protocol not in model.protocols:
             return f"{model.name} does not speak {self.protocol}"
         for need in self.needs:
-            if need.startswith("!"):
-                if model.caps.get(need[1:]) is not False:
-                    return f"{model.name} serves {need[1:]}"
-            elif need == "!gen":
+            if need == "!gen":
                 if model.caps.get("completions") or model.caps.get("chat"):
                     return f"{model.name} serves completions or chat (the OpenAI burst covers it)"
+            elif need.startswith("!"):
+                if model.caps.get(need[1:]) is not False:
+                    return f"{model.name} serves {need[1:]}"
             elif need == "gen":
                 if not (model.caps.get("completions") or model.caps.get("chat")):
                     return f"{model.name} serves neither completions nor chat"

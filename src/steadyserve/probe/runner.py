@@ -27,6 +27,9 @@ from steadyserve.probe.wire import (
 )
 
 BASELINE_RUNS = 3
+#: a good request this many times slower than the baseline (and past half the case timeout)
+#: after a case means the server serves worse
+SLOWDOWN = 10
 
 
 class Fault(str, enum.Enum):
@@ -413,7 +416,9 @@ class Runner:
             return [
                 (Fault.DEGRADED, f"a good request on {where} answered {resp.excerpt(160)}")
             ], False
-        limit = max(5 * model.baseline_s, model.baseline_s + 2.0)
+        # Slow means: far slower than the baseline *and* past half of --case_timeout, the
+        # line the user drew between slow and hung (a busy machine alone rarely crosses both).
+        limit = max(SLOWDOWN * model.baseline_s, model.baseline_s + timeout / 2)
         if timed and resp.latency_s > limit:
             # Once more before blaming the case: a busy machine can stall one request.
             again = await self._send_fresh(good, Result("", "", ""))
