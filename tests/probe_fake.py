@@ -17,6 +17,8 @@ fault                       behaviour
 ``unready_after_huge_n``    after n out of range, readiness says 503 (requests still work)
 ``close_after_error``       after any 4xx the connection is closed, without saying so
 ``no_done``                 streams end without ``data: [DONE]``
+``chat_kills``              KServe's T5 failure: chat answers 200, then every completion
+                            hangs while readiness stays 200
 ==========================  ===========================================================
 """
 
@@ -37,7 +39,7 @@ DROP = object()
 class FakeServer:
     def __init__(self, *faults: str) -> None:
         self.faults = set(faults)
-        self.poisoned = self.slow = self.unready = False
+        self.poisoned = self.slow = self.unready = self.dead = False
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
@@ -119,6 +121,8 @@ class FakeServer:
                     return
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:  # the fake is shutting down (a hung request)
+            pass
         finally:
             self.tasks.discard(task)
             with contextlib.suppress(Exception):
@@ -146,7 +150,13 @@ class FakeServer:
                 ready = not self.unready
                 return (200 if ready else 503), {"ready": ready}, None
             return 404, {"error": "not found"}, None
+        if self.dead and method == "POST":
+            return HANG
         if path == "/v1/chat/completions":
+            if "chat_kills" in self.faults:
+                self.dead = True
+                message = {"role": "assistant", "content": ""}
+                return 200, {"object": "chat.completion", "choices": [{"message": message}]}, None
             return 400, error("model fake cannot chat: no chat template"), None
         if path != "/v1/completions":
             return 404, error("unknown route"), None

@@ -122,6 +122,18 @@ def test_readiness_that_says_ready_while_requests_fail(tmp_path: Path) -> None:
     assert later["verdict"] == "fail" and later["status"] == "500"
 
 
+def test_kserve_t5_failure_chat_kills_generation(tmp_path: Path) -> None:
+    # kserve/kserve#3957: chat on T5 answered 200, then every request hung, health green.
+    with FakeServer("chat_kills") as fake:
+        code, report, out, _ = probe(fake.url, tmp_path, "--quick", "--case_timeout", "1")
+    assert code == 1
+    base = result(report, "baseline")
+    assert kinds(base) == {"hang", "readiness_lies"}
+    assert base["note"] == "the server broke during the capability checks"
+    assert result(report, "openai.malformed_json")["verdict"] == "skip"  # nothing to judge
+    assert "baseline" in out
+
+
 def test_readiness_that_says_not_ready_while_requests_succeed(tmp_path: Path) -> None:
     with FakeServer("unready_after_huge_n") as fake:
         code, report, _, _ = probe(fake.url, tmp_path, "--cases", "openai.huge_n")

@@ -150,6 +150,7 @@ def test_table_and_summary() -> None:
     assert "openai.nan_temperature" in text and "v2.live" not in text  # failures only
     assert "5xx for a client error: 500" in text
     assert "v2.live" in table(_results(), width=160, verbose=True)
+    assert table(_results()[:1]) == "no case failed"
     line = summary(_results(), 1.5)
     assert line.startswith("1 passed, 1 failed, 1 skipped in 1.5s")
     assert "5xx for a client error: 1" in line

@@ -198,7 +198,7 @@ V2_CASES = [
     Case("v2.unicode", "v2", "unicode edge cases as BYTES data", EITHER,
          lambda m, f: v2_infer(m, lambda t: t["datatype"] == "BYTES" and t.update(
              data=[UNICODE] * len(t["data"])) is None),
-         quick=True, needs=V2),
+         needs=V2),
     Case("v2.invalid_utf8", "v2", "bytes that are not UTF-8", REJECT,
          lambda m, f: _bytes(f"/v2/models/{m.quoted}/infer",
                              b'{"inputs": [{"name": "\xff\xfe", "shape": [1]}]}'), needs=V2),

@@ -57,6 +57,8 @@ def table(results: list[Result], width: int | None = None, verbose: bool = False
     """The terminal table. Passing and skipped cases show only with ``verbose``."""
     width = width or shutil.get_terminal_size((140, 20)).columns
     shown = [r for r in results if verbose or r.verdict == "fail"]
+    if not shown:
+        return "no case failed"
     rows = [
         (r.case, r.model, r.protocol, r.status, _latency(r), r.verdict.upper(), r.why)
         for r in shown

@@ -86,6 +86,7 @@ class Result:
             "verdict": self.verdict,
             "faults": [{"kind": k.name.lower(), "why": w} for k, w in self.faults],
             "why": self.why,
+            "note": self.note,
             "request": self.request,
             "answer": self.answer,
         }
@@ -223,13 +224,16 @@ class Runner:
         latencies = []
         for _ in range(BASELINE_RUNS):
             resp = await self._send_fresh(good, result)
-            if resp is None:
-                return result
-            if not 200 <= resp.status < 300:
-                result.add(
-                    [(Fault.DEGRADED, f"a request that worked now answers {resp.excerpt(160)}")]
+            if resp is not None and not 200 <= resp.status < 300:
+                why = (
+                    f"a request served during the capability checks now answers {resp.excerpt(160)}"
                 )
+                result.add([(Fault.DEGRADED, why)])
+            if result.faults:  # one of the capability checks broke it (a hang is a fault too)
+                result.note = "the server broke during the capability checks"
+                result.add(await self._readiness(served=False))
                 return result
+            assert resp is not None
             latencies.append(resp.latency_s)
         model.baseline_s = max(latencies)
         result.latency_s = model.baseline_s
