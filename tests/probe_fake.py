@@ -17,6 +17,9 @@ fault                       behaviour
 ``unready_after_huge_n``    after n out of range, readiness says 503 (requests still work)
 ``close_after_error``       after any 4xx the connection is closed, without saying so
 ``no_done``                 streams end without ``data: [DONE]``
+``v2_only``                 an Open Inference Protocol V2 server instead (like Triton): one
+                            FP32 model ``fake``, listed only by the repository index
+``v2_500_bad_shape``        (V2) a shape that does not match the data answers 500
 ``chat_kills``              KServe's T5 failure: chat answers 200, then every completion
                             hangs while readiness stays 200
 ==========================  ===========================================================
@@ -143,6 +146,8 @@ class FakeServer:
     # ---- the model ----------------------------------------------------------------------
 
     async def _handle(self, method: str, path: str, body: bytes) -> Any:
+        if "v2_only" in self.faults:
+            return self._v2(method, path, body)
         if method == "GET":
             if path == "/v1/models":
                 return 200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]}, None
@@ -204,6 +209,38 @@ class FakeServer:
         usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
         choice = {"index": 0, "text": " world", "finish_reason": "length"}
         return 200, {"object": "text_completion", "choices": [choice], "usage": usage}, None
+
+    def _v2(self, method: str, path: str, body: bytes) -> Any:
+        meta = {"name": MODEL, "versions": ["1"], "platform": "fake"}
+        tensor = {"name": "x", "datatype": "FP32", "shape": [-1]}
+        routes = {
+            ("GET", "/v2"): {"name": "fakev2", "version": "1", "extensions": []},
+            ("GET", "/v2/health/live"): {"live": True},
+            ("GET", "/v2/health/ready"): {"ready": True},
+            ("GET", f"/v2/models/{MODEL}/ready"): {"ready": True},
+            ("GET", f"/v2/models/{MODEL}"): {**meta, "inputs": [tensor], "outputs": [tensor]},
+            ("POST", "/v2/repository/index"): [{"name": MODEL, "state": "READY"}],
+        }
+        if (method, path) in routes:
+            return 200, routes[method, path], None
+        if path != f"/v2/models/{MODEL}/infer" or method != "POST":
+            return 404, {"error": "not found"}, None
+        try:
+            req = json.loads(body.decode("utf-8"))
+            (x,) = req["inputs"]
+            shape, data = x["shape"], x["data"]
+            if x["name"] != "x" or x["datatype"] != "FP32" or not isinstance(data, list):
+                raise ValueError("bad input")
+            if not all(_number(v) for v in data) or not all(
+                isinstance(d, int) and d >= 0 for d in shape
+            ):
+                raise ValueError("bad data or shape")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return 400, {"error": "invalid request"}, None
+        if math.prod(shape) != len(data):
+            return (500 if "v2_500_bad_shape" in self.faults else 400), {"error": "shape"}, None
+        out = {"name": "y", "datatype": "FP32", "shape": shape, "data": [2 * v for v in data]}
+        return 200, {"model_name": MODEL, "outputs": [out]}, None
 
 
 def error(message: str) -> dict[str, Any]:

@@ -58,6 +58,23 @@ def test_healthy_fake_passes_the_full_battery(tmp_path: Path) -> None:
     assert report is not None and len(suite.findall("testcase")) == len(report["results"])
 
 
+def test_healthy_v2_fake_passes_and_is_found_by_its_repository_index(tmp_path: Path) -> None:
+    with FakeServer("v2_only") as fake:
+        code, report, out, _ = probe(fake.url, tmp_path, "--burst", "4")
+    assert code == 0, out
+    assert "model fake: v2; V2 inputs x:FP32[-1]" in out
+    ran = {r["case"] for r in report["results"] if r["verdict"] == "pass"} if report else set()
+    assert {"v2.infer", "v2.wrong_shape", "v2.nonfinite", "v2.byte_count", "v2.burst"} <= ran
+
+
+def test_5xx_for_a_client_error_v2(tmp_path: Path) -> None:
+    with FakeServer("v2_only", "v2_500_bad_shape") as fake:
+        code, report, _, _ = probe(fake.url, tmp_path, "--cases", "v2.*")
+    assert code == 1
+    assert failed(report) == {"v2.wrong_shape", "v2.huge_shape"}
+    assert kinds(result(report, "v2.wrong_shape")) == {"server_error"}
+
+
 def test_5xx_for_a_client_error(tmp_path: Path) -> None:
     with FakeServer("500_bad_temperature") as fake:
         code, report, out, _ = probe(fake.url, tmp_path, "--cases", "openai.*temperature")

@@ -128,7 +128,17 @@ async def discover(
     if openai_names:
         found.protocols.add("openai")
 
-    names = list(dict.fromkeys([*openai_names, *v1_names]))
+    v2_names: list[str] = []
+    if "v2" in found.protocols and not (openai_names or v1_names) and model is None:
+        # Triton / MLServer list models only through the repository extension (read-only).
+        try:
+            resp = await exchange(target, Request.post_json("/v2/repository/index", {}), timeout)
+            index = resp.json() if resp.status == 200 else None
+        except WireError:
+            index = None
+        if isinstance(index, list):
+            v2_names = [str(m["name"]) for m in index if isinstance(m, dict) and "name" in m]
+    names = list(dict.fromkeys([*openai_names, *v1_names, *v2_names]))
     if model is not None:
         names = [model]
     for name in names:
