@@ -20,6 +20,7 @@ fault                       behaviour
 ``v2_only``                 an Open Inference Protocol V2 server instead (like Triton): one
                             FP32 model ``fake``, listed only by the repository index
 ``v2_500_bad_shape``        (V2) a shape that does not match the data answers 500
+``early_413``               a body over 1 MB: 413 and close at once, without reading it
 ``chat_kills``              KServe's T5 failure: chat answers 200, then every completion
                             hangs while readiness stays 200
 ==========================  ===========================================================
@@ -98,7 +99,18 @@ class FakeServer:
                     k.strip().lower(): v.strip()
                     for k, _, v in (line.partition(":") for line in lines[1:] if line)
                 }
-                body = await reader.readexactly(int(headers.get("content-length", 0)))
+                length = int(headers.get("content-length", 0))
+                if length > 1_000_000 and "early_413" in self.faults:
+                    data = json.dumps(error("too large")).encode()
+                    writer.write(
+                        b"HTTP/1.1 413 X\r\nconnection: close\r\n"
+                        + f"content-length: {len(data)}\r\n\r\n".encode()
+                        + data
+                    )
+                    await writer.drain()
+                    writer.transport.abort()  # unread data: the client may see a reset
+                    return
+                body = await reader.readexactly(length)
                 self.requests += 1
                 self.posts += method == "POST"
                 self.header_values.update(headers.values())

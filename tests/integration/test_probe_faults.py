@@ -75,6 +75,16 @@ def test_5xx_for_a_client_error_v2(tmp_path: Path) -> None:
     assert kinds(result(report, "v2.wrong_shape")) == {"server_error"}
 
 
+def test_early_rejection_of_an_oversized_body_is_no_fault(tmp_path: Path) -> None:
+    # HTTP lets a server answer 413 and close before reading the body; the client may then
+    # see the 413 or only a reset - neither is a dropped answer, and the follow-ups pass.
+    with FakeServer("early_413") as fake:
+        code, report, _, _ = probe(fake.url, tmp_path, "--cases", "openai.oversized_body")
+    assert code == 0
+    r = result(report, "openai.oversized_body")
+    assert r["verdict"] == "pass" and r["status"] in ("413", "refused")
+
+
 def test_5xx_for_a_client_error(tmp_path: Path) -> None:
     with FakeServer("500_bad_temperature") as fake:
         code, report, out, _ = probe(fake.url, tmp_path, "--cases", "openai.*temperature")

@@ -238,10 +238,13 @@ class Connection:
                 ) from exc
             raise Dropped(f"connection closed or reset before a full answer ({exc!r})") from exc
         finally:
-            if not sender.done():
+            unsent = not sender.done()
+            if unsent:
                 sender.cancel()
             with contextlib.suppress(BaseException):
                 await sender
+            if unsent:  # answered before the body was all sent: the connection is spent
+                self.abort()
         self.server_closes = resp.closes
         return resp
 
