@@ -92,14 +92,14 @@ def _json(path: str, payload: Any, raw: str | None = None, **kw: Any) -> Request
 
 
 def completions_body(m: Model, **over: Any) -> dict[str, Any]:
-    return {"model": m.name, "prompt": "Hello", "max_tokens": 4, **over}
+    return {"model": m.name, "prompt": "Hello", "max_tokens": 2, **over}
 
 
 def chat_body(m: Model, **over: Any) -> dict[str, Any]:
     return {
         "model": m.name,
         "messages": [{"role": "user", "content": "Hello"}],
-        "max_tokens": 4,
+        "max_tokens": 2,
         **over,
     }
 
