@@ -157,6 +157,8 @@ class Runner:
     async def _run_model(self, model: Model) -> None:
         rest = []
         for case in self.cases:
+            if case.protocol not in model.protocols:
+                continue  # not reported: the plan already says which protocols it speaks
             if case.kind is Kind.CAPABILITY:
                 self._emit(await self._capability(case, model))
             else:
