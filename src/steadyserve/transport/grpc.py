@@ -133,7 +133,7 @@ def _mapped(method: Handler[T]) -> Handler[T]:
                     "route": route,
                     "status": status,
                     "duration_ms": round(elapsed * 1000.0, 3),
-                    "model": shown_model,
+                    **({"model": shown_model} if shown_model else {}),
                 },
             )
             request_id_var.reset(token)

@@ -157,7 +157,7 @@ class RequestContextMiddleware:
                     "route": route,
                     "status": status,
                     "duration_ms": round(elapsed * 1000.0, 3),
-                    "model": model_name,
+                    **({"model": model_name} if model_name else {}),
                 },
             )
             request_id_var.reset(token)
