@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,16 +29,23 @@ from steadyserve.engine import events, ipc
 from steadyserve.engine.events import EngineEvent, Listener
 from steadyserve.engine.protocol import Health
 from steadyserve.engine.supervisor import Launcher, State, WorkerSupervisor, spawn_subprocess
-from steadyserve.engine.tokenizer import LoadedTokenizer, TokenizerSlot
+from steadyserve.engine.tokenizer import (
+    LoadedTokenizer,
+    TokenizerSlot,
+    preload_tokenizer_library,
+)
 from steadyserve.errors import (
     DeadlineExceeded,
     InvalidInput,
+    ModelError,
     QueueFull,
     ServiceUnavailable,
     SteadyError,
     from_kind,
 )
 from steadyserve.logs import request_id_var
+from steadyserve.protocol.detokenize import IncrementalDetokenizer, decode_step
+from steadyserve.runtimes import TRANSFORMERS_RUNTIMES
 from steadyserve.types import (
     EmbedRequest,
     EmbedResponse,
@@ -83,6 +90,8 @@ class _Sequence:
     prompt_seen: bool = False
     #: when the reader last took output
     last_read: float = field(default_factory=time.monotonic)
+    #: turns the output's token ids into text (None: the model's own ``text``)
+    detok: IncrementalDetokenizer | None = None
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -170,6 +179,8 @@ class WorkerClient:
 
     # ---- lifecycle (the supervisor's) -------------------------------------------------------
     async def start(self) -> None:
+        if self.spec.runtime in TRANSFORMERS_RUNTIMES:
+            preload_tokenizer_library()  # while the worker loads, not when it is ready
         await self.supervisor.start()
 
     async def stop(self, grace_s: float = 0.0) -> None:
@@ -221,12 +232,37 @@ class WorkerClient:
         for rid in list(self._pending):
             self._finish(rid, error)
 
+    def _detokenize(self, msg: ipc.Deltas) -> None:
+        """The step's text for every streamed sequence that wants it: one batched decode per
+        tokenizer (:func:`decode_step`). Non-streamed ones decode once, at the end."""
+        groups: dict[int, list[tuple[_Sequence, TokenDelta]]] = {}
+        for rid, delta in msg.items:
+            seq = self._pending.get(rid)
+            if isinstance(seq, _Sequence) and seq.detok is not None and seq.stream:
+                groups.setdefault(id(seq.detok.tokenizer), []).append((seq, delta))
+        for items in groups.values():
+            try:
+                texts = decode_step(
+                    items[0][0].detok.tokenizer,  # type: ignore[union-attr]
+                    [(seq.detok, delta.token_ids) for seq, delta in items],  # type: ignore[misc]
+                )
+                for (seq, delta), text in zip(items, texts, strict=True):
+                    if delta.finish_reason is not None:
+                        text += seq.detok.flush()  # type: ignore[union-attr]
+                    delta.text = text
+            except Exception:
+                log.exception("detokenization failed")
+                for seq, delta in items:
+                    delta.text = ""
+                    seq.out.append(ModelError("the output could not be detokenized"))
+
     def _on_deltas(self, msg: ipc.Deltas) -> None:
         """One engine step: file each sequence's delta, observe its metrics, wake readers."""
         now = time.monotonic()
         for rid, seconds in msg.started:
             if rid in self._pending:
                 self.on_event(events.QueueWait(seconds))
+        self._detokenize(msg)
         for rid, delta in msg.items:
             seq = self._pending.get(rid)
             if not isinstance(seq, _Sequence):
@@ -405,14 +441,29 @@ class WorkerClient:
         return result
 
     async def generate(
-        self, request: GenerateRequest, timeout_s: float | None = None, *, stream: bool = True
+        self,
+        request: GenerateRequest,
+        timeout_s: float | None = None,
+        *,
+        stream: bool = True,
+        detokenize: Sequence[int] | None = None,
     ) -> AsyncIterator[TokenDelta]:
         """Stream token deltas; the last one carries ``finish_reason``. Closing the iterator
         early (or cancelling the task consuming it) aborts the sequence in the worker.
         ``stream=False``: the reader is woken once, when the sequence ends, and gets the whole
         output as one delta (:func:`merge_deltas`): one detokenization, one event.
 
+        ``detokenize`` (the prompt's ids to decode after, or ``()``): each delta's ``text`` is
+        the text its tokens complete, decoded with the model's tokenizer here - per engine
+        step, in one batch for every sequence of the step (never a broken character; the last
+        delta flushes the rest).
+
         Use as ``async with contextlib.aclosing(engine.generate(...)) as stream``."""
+        detok = None
+        if detokenize is not None:
+            loaded = await self.tokenizer()
+            if loaded is not None:
+                detok = IncrementalDetokenizer(loaded.tokenizer, detokenize)
         timeout = self._timeout(timeout_s)
         prompt_len = len(request.prompt_token_ids or ()) or len(request.prompt or "") // 4
         tokens = prompt_len + request.params.max_tokens
@@ -426,7 +477,7 @@ class WorkerClient:
             )
         )
         started = time.monotonic()
-        seq = _Sequence(tokens=tokens, stream=stream, started=started)
+        seq = _Sequence(tokens=tokens, stream=stream, started=started, detok=detok)
         self._pending[rid] = seq
         self._queued_tokens += tokens
         self._streams.add(rid)
@@ -454,6 +505,10 @@ class WorkerClient:
                     if failure is not None:
                         raise failure
                     merged = merge_deltas(taken)  # type: ignore[arg-type]
+                    if detok is not None:  # the whole output at once: one decode
+                        merged.text = detok.push(merged.token_ids)
+                        if merged.finish_reason is not None:
+                            merged.text += detok.flush()
                     yield merged
                     if merged.finish_reason is not None:
                         return
