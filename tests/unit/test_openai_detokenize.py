@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from steadyserve.protocol.detokenize import (
+from steadyserve.engine.detokenize import (
     REPLACEMENT,
     IncrementalDetokenizer,
     StopMatcher,

@@ -16,9 +16,9 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from steadyserve.engine.detokenize import StopMatcher
 from steadyserve.engine.protocol import EngineClient
 from steadyserve.errors import InvalidInput, SteadyError
-from steadyserve.protocol.detokenize import StopMatcher
 from steadyserve.transport.context import ServerContext
 from steadyserve.types import GenerateRequest
 

@@ -1,4 +1,5 @@
-"""Server-side incremental detokenization and stop strings (pure, no I/O).
+"""Incremental detokenization and stop strings (pure, no I/O): the engine client decodes each
+step's text with it; the OpenAI routes match stop strings with it.
 
 :class:`IncrementalDetokenizer` turns a stream of token ids into text pieces without ever
 emitting a broken character: a byte-level BPE token can hold half of a multi-byte UTF-8
