@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="architecture (default: llama, the demo served with no model argument): "
         + "; ".join(f"{k}: {v}" for k, v in DEMO_ARCHS.items()),
     )
+    from steadyserve.probe.main import add_parser as add_probe_parser
+
+    probe = add_probe_parser(sub)
+    probe.error = _Parser.error.__get__(probe)  # type: ignore[method-assign]
     return parser
 
 
@@ -152,14 +156,32 @@ def setup_logging(settings: Settings) -> None:
     configure(settings.log_level, settings.log_format)
 
 
-def model_specs(settings: Settings) -> list[Any]:
-    """The models to serve, from the settings. Raises ConfigError for unusable paths."""
+def model_specs(settings: Settings, ts_config: Any = None) -> list[Any]:
+    """The models to serve, from the settings (and TorchServe's config.properties, parsed by
+    ``runtimes.torchserve.config``). Raises ConfigError for unusable paths."""
     from steadyserve.config import ModelSpec, model_options
 
     common = model_options(settings)
+    if settings.model_archive is not None:
+        from steadyserve.runtimes.torchserve.archive import ArchiveError
+        from steadyserve.runtimes.torchserve.specs import archive_spec
+
+        overrides = ts_config.models if ts_config is not None else None
+        try:
+            return [archive_spec(settings.model_archive, common, settings.model_name, overrides)]
+        except ArchiveError as exc:
+            raise ConfigError(
+                f"invalid --model_archive={settings.model_archive!r}: {exc}"
+            ) from None
     if settings.model_repository is not None:
         from steadyserve.repository import scan_repository
 
+        if ts_config is not None:  # TorchServe's model store: load_models and per-model config
+            from steadyserve.runtimes.torchserve.specs import scan_store
+
+            return scan_store(
+                settings.model_repository, common, ts_config.load_models, ts_config.models
+            )
         return scan_repository(settings.model_repository, common)
     if settings.model_class is not None:
         target = settings.model_class.rpartition(":")[0]
@@ -223,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
+    if args.command == "probe":
+        from steadyserve.probe.main import run as run_probe
+
+        return run_probe(args)
     if args.command == "build-demo":
         from steadyserve.runtimes.huggingface.tiny import ensure_demo_model
 
@@ -239,14 +265,24 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in values.items()
         if k.startswith("kserve_") and v is not None
     }
+    ts_config = None
     try:
+        if flags.get("ts_config"):
+            from steadyserve.runtimes.torchserve.config import load_ts_config
+
+            ts_config = load_ts_config(flags["ts_config"])
+            for key, value in ts_config.settings.items():  # explicit flags win
+                if flags.get(key) is None:
+                    flags[key] = value
         settings = build_settings(flags)
         setup_logging(settings)
-        specs = model_specs(settings)
+        specs = model_specs(settings, ts_config)
         check_ports(settings)
     except ConfigError as exc:
         sys.stderr.write(f"steadyserve: {exc}\n")
         return EXIT_CONFIG
+    for warning in ts_config.warnings if ts_config is not None else ():
+        log.warning("--ts_config: %s", warning)
     from steadyserve.server import run
 
     for name, value in ignored.items():

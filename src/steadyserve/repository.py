@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from steadyserve.config import ModelSpec, model_options
 from steadyserve.engine.supervisor import State
 from steadyserve.errors import InvalidInput, ModelError, ServiceUnavailable
+from steadyserve.runtimes.torchserve.archive import ArchiveError
+from steadyserve.settings import ConfigError
 
 if TYPE_CHECKING:
     from steadyserve.registry import Registry
@@ -32,8 +34,13 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 def spec_for_dir(name: str, path: str, common: dict[str, Any]) -> ModelSpec:
-    """A Hugging Face model (config.json), or a custom model (model.py with a ``Model``
-    subclass named in ``steadyserve.txt``, default class ``Model``)."""
+    """A Hugging Face model (config.json), a custom model (model.py with a ``Model``
+    subclass named in ``steadyserve.txt``, default class ``Model``), or a TorchServe archive
+    (a ``.mar`` file, or a directory with ``MAR-INF/MANIFEST.json``)."""
+    from steadyserve.runtimes.torchserve.specs import archive_spec, is_archive
+
+    if is_archive(path):
+        return archive_spec(path, common, name)
     if os.path.isfile(os.path.join(path, "config.json")):
         return ModelSpec(name=name, runtime="huggingface", model_dir=path, **common)
     custom = os.path.join(path, "model.py")
@@ -59,7 +66,9 @@ def scan_repository(root: str, common: dict[str, Any]) -> list[ModelSpec]:
     specs = []
     for entry in sorted(os.listdir(root)):
         path = os.path.join(root, entry)
-        if not os.path.isdir(path) or entry.startswith("."):
+        if entry.endswith(".mar") and os.path.isfile(path):
+            entry = entry[: -len(".mar")]  # a TorchServe archive: served under its stem
+        elif not os.path.isdir(path) or entry.startswith("."):
             continue
         if not _NAME.fullmatch(entry):
             log.warning(
@@ -68,7 +77,10 @@ def scan_repository(root: str, common: dict[str, Any]) -> list[ModelSpec]:
                 entry,
             )
             continue
-        specs.append(spec_for_dir(entry, path, common))
+        try:
+            specs.append(spec_for_dir(entry, path, common))
+        except ArchiveError as exc:
+            raise ConfigError(f"invalid model archive {path}: {exc}") from None
     return specs
 
 
@@ -96,11 +108,16 @@ class ModelRepository:
     def _on_disk(self) -> list[str]:
         if self.root is None or not os.path.isdir(self.root):
             return []
-        return [
-            entry
-            for entry in sorted(os.listdir(self.root))
-            if _NAME.fullmatch(entry) and os.path.isdir(os.path.join(self.root, entry))
-        ]
+        found = []
+        for entry in sorted(os.listdir(self.root)):
+            path = os.path.join(self.root, entry)
+            if entry.endswith(".mar") and os.path.isfile(path):
+                entry = entry[: -len(".mar")]  # a TorchServe archive
+            elif not os.path.isdir(path):
+                continue
+            if _NAME.fullmatch(entry):
+                found.append(entry)
+        return found
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Every model the server knows or the repository holds, with its state:
@@ -130,9 +147,12 @@ class ModelRepository:
         if not _NAME.fullmatch(name) or name in (".", ".."):
             raise InvalidInput(f"invalid model name {name[:100]!r}")
         if self.root is not None:
-            path = os.path.join(self.root, name)
-            if os.path.isdir(path):
-                return spec_for_dir(name, path, self.options)
+            for path in (os.path.join(self.root, name), os.path.join(self.root, f"{name}.mar")):
+                if os.path.isdir(path) or (path.endswith(".mar") and os.path.isfile(path)):
+                    try:
+                        return spec_for_dir(name, path, self.options)
+                    except ArchiveError as exc:
+                        raise InvalidInput(f"model {name}: {exc}") from None
         return self.registry.spec_for(name)
 
     async def load(self, name: str) -> None:
