@@ -70,6 +70,11 @@ def build_model(spec: ModelSpec) -> Model:
         return cls(spec.name, spec.model_dir, **spec.options)
     if spec.kind in ("huggingface", "demo"):
         from steadyserve.runtimes.huggingface import HuggingFaceModel
+        from steadyserve.runtimes.vllm.select import choose
+
+        chosen = choose(spec)  # --backend auto|vllm: vLLM's engine when it can serve the model
+        if chosen is not None:
+            return chosen
 
         return HuggingFaceModel.from_spec(spec)
     raise ValueError(f"unknown model kind {spec.kind!r}")
@@ -158,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("unload failed")
     return 0
 
+
+if __name__ == "__mp_main__":
+    # a process a backend spawned from this worker (vLLM's engine core: multiprocessing re-runs
+    # this module under that name) dies with the worker, even when the worker is killed -9
+    _die_with_parent()
 
 if __name__ == "__main__":
     code = main()
