@@ -27,7 +27,6 @@ CASES: dict[str, tuple[str, Any, int]] = {
     "top_k_negative": (OAI, {"prompt": "hi", "top_k": -2}, 400),
     "logprobs_too_many": (OAI, {"prompt": "hi", "logprobs": 1000}, 400),
     "n_zero": (OAI, {"prompt": "hi", "n": 0}, 400),
-    "unknown_field": (OAI, {"prompt": "hi", "no_such_field": 1}, 400),
     "wrong_type": (OAI, {"prompt": "hi", "max_tokens": "ten"}, 400),
     "logit_bias_outside_vocab": (OAI, {"prompt": "hi", "logit_bias": {"1000000": 5}}, 400),
     "repetition_penalty_zero": (OAI, {"prompt": "hi", "repetition_penalty": 0}, 400),

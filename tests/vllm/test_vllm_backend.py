@@ -167,7 +167,7 @@ def test_bad_inputs_get_the_same_answers_on_both_backends(
         "--max_model_len",
         "512",
     )
-    with ServerProcess(*args) as hf, hf.client(timeout=60) as hc:
+    with ServerProcess(*args, ready_timeout=READY_TIMEOUT) as hf, hf.client(timeout=60) as hc:
         theirs = run_battery(hc, "m")
         assert good_request(hc, "m").status_code == 200
     for name, (_, _, status) in CASES.items():
