@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from steadyserve.cli import build_parser
-from steadyserve.engine.ipc import ModelSpec
+from steadyserve.config import ModelSpec
 from steadyserve.runtimes.huggingface.loading import LoadError
 from steadyserve.runtimes.vllm import select
 from steadyserve.settings import ConfigError, build_settings
@@ -21,7 +21,9 @@ def _settings(**flags: Any) -> Any:
 
 def _spec(model_dir: str, backend: str, **fields: Any) -> ModelSpec:
     options = {select.OPTION: select.backend_options(_settings(backend=backend))}
-    return ModelSpec(name="m", kind="huggingface", model_dir=model_dir, options=options, **fields)
+    return ModelSpec(
+        name="m", runtime="huggingface", model_dir=model_dir, options=options, **fields
+    )
 
 
 def test_vllm_flags_have_kserve_spellings() -> None:
@@ -76,8 +78,8 @@ def test_backend_vllm_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_options_go_to_hugging_face_specs_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(select, "vllm_installed", lambda: True)
-    hf = ModelSpec(name="a", kind="huggingface", model_dir="/x")
-    custom = ModelSpec(name="b", kind="custom", model_class="x.py:M", options={"k": 1})
+    hf = ModelSpec(name="a", runtime="huggingface", model_dir="/x")
+    custom = ModelSpec(name="b", runtime="custom", model_class="x.py:M", options={"k": 1})
     out = select.apply_backend(_settings(backend="vllm", enforce_eager=True), [hf, custom])
     assert out[0].options[select.OPTION]["backend"] == "vllm"
     assert out[0].options[select.OPTION]["enforce_eager"] is True
@@ -86,7 +88,9 @@ def test_options_go_to_hugging_face_specs_only(monkeypatch: pytest.MonkeyPatch) 
 
 def test_huggingface_backend_and_unstamped_specs_never_use_vllm(tiny_gpt2_dir: str) -> None:
     assert select.choose(_spec(tiny_gpt2_dir, "huggingface")) is None
-    assert select.choose(ModelSpec(name="m", kind="huggingface", model_dir=tiny_gpt2_dir)) is None
+    assert (
+        select.choose(ModelSpec(name="m", runtime="huggingface", model_dir=tiny_gpt2_dir)) is None
+    )
 
 
 def test_auto_without_vllm_falls_back_and_says_why(

@@ -6,14 +6,14 @@ import warnings
 
 import pytest
 
-from steadyserve.engine.ipc import ModelSpec
+from steadyserve.config import ModelSpec
 from steadyserve.runtimes.vllm import select
 from steadyserve.settings import build_settings
 
 
 def _spec(model_dir: str, backend: str = "auto") -> ModelSpec:
     options = {select.OPTION: select.backend_options(build_settings({"backend": backend}, {}))}
-    return ModelSpec(name="m", kind="huggingface", model_dir=model_dir, options=options)
+    return ModelSpec(name="m", runtime="huggingface", model_dir=model_dir, options=options)
 
 
 @pytest.fixture(scope="module")

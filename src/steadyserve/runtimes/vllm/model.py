@@ -10,8 +10,9 @@ Face runtime does.
 
 No orphans, honest failure:
 
-- every process vLLM forks gets ``PR_SET_PDEATHSIG`` (SIGKILL when this worker dies, even by
-  ``kill -9``);
+- every process vLLM starts gets ``PR_SET_PDEATHSIG`` (SIGKILL when this worker dies, even by
+  ``kill -9``): forked ones through a fork hook, spawned ones (vLLM's CPU build always spawns)
+  through our vLLM plugin (:mod:`.plugin`);
 - a watchdog thread ends the worker when a vLLM child process dies (the engine core killed, an
   OOM kill), busy or idle, so the supervisor fails in-flight requests with 503 and restarts it;
 - ``unload`` (normal stop) shuts vLLM down, and any child still alive is killed.
@@ -27,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from steadyserve.engine.ipc import ModelSpec
+from steadyserve.config import ModelSpec
 from steadyserve.model import GenerationEngine, Model
 from steadyserve.runtimes.vllm.engine import VllmEngine
 from steadyserve.types import Capability, ModelInfo, TensorSpec
@@ -158,6 +159,9 @@ class VllmModel(Model):
             source, trust_remote_code=spec.trust_remote_code, **revision
         )
         _install_fork_hook()
+        from steadyserve.runtimes.vllm.plugin import ENV
+
+        os.environ[ENV] = "1"  # vLLM's spawned processes die with this worker (plugin.py)
         from vllm.v1.engine.llm_engine import LLMEngine
 
         log.info("starting vLLM's engine for %s", source)

@@ -7,7 +7,8 @@ Encoder-decoders (T5), the encoder tasks and custom models always stay on our en
 
 The server process only checks what it can without importing vLLM (:func:`check_settings`,
 a configuration error before any port opens) and stamps the backend options on each Hugging
-Face spec (:func:`apply_backend`); the worker decides (:func:`choose`).
+Face spec (:func:`apply_backend`); the worker decides (:func:`choose`, through
+:func:`huggingface_or_vllm`, the ``huggingface`` runtime's factory).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from steadyserve.engine.ipc import ModelSpec
+    from steadyserve.config import ModelSpec
     from steadyserve.model import Model
     from steadyserve.settings import Settings
 
@@ -67,7 +68,7 @@ def apply_backend(settings: Settings, specs: list[ModelSpec]) -> list[ModelSpec]
     check_settings(settings)
     options = backend_options(settings)
     for spec in specs:
-        if spec.kind in ("huggingface", "demo"):
+        if spec.runtime == "huggingface":
             spec.options = {**spec.options, OPTION: options}
     return specs
 
@@ -138,3 +139,14 @@ def choose(spec: ModelSpec) -> Model | None:
 
     log.info("model %s: vLLM engine (--backend %s)", spec.name, backend)
     return VllmModel(spec.name, spec, options)
+
+
+def huggingface_or_vllm(spec: ModelSpec) -> Model:
+    """The ``huggingface`` runtime's factory: vLLM's engine when :func:`choose` picks it, else
+    the Hugging Face runtime."""
+    chosen = choose(spec)
+    if chosen is not None:
+        return chosen
+    from steadyserve.runtimes.huggingface.runtime import HuggingFaceModel
+
+    return HuggingFaceModel.from_spec(spec)
