@@ -3,6 +3,6 @@
 :mod:`.select` decides which engine serves a Hugging Face model (importing vLLM only when it has
 to); :mod:`.model` is the :class:`~steadyserve.model.Model` that holds vLLM's engine;
 :mod:`.engine` drives that engine step by step as a
-:class:`~steadyserve.model.GenerationEngine`, so the scheduler, admission, deadlines, aborts,
+:class:`~steadyserve.model.BatchGenerator`, so the scheduler, admission, deadlines, aborts,
 streams and every edge check stay steadyserve's.
 """

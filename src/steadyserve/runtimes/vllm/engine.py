@@ -1,4 +1,4 @@
-"""vLLM's ``LLMEngine`` driven step by step as a :class:`~steadyserve.model.GenerationEngine`.
+"""vLLM's ``LLMEngine`` driven step by step as a :class:`~steadyserve.model.BatchGenerator`.
 
 The worker's scheduler calls ``add`` / ``abort`` between steps and ``step`` while ``has_work()``,
 exactly as for the Hugging Face engine: admission, deadlines, cancellation and streaming stay
@@ -42,7 +42,7 @@ class _Live:
 
 
 class VllmEngine:
-    """One vLLM ``LLMEngine`` behind the GenerationEngine protocol (see the module docstring)."""
+    """One vLLM ``LLMEngine`` behind the BatchGenerator protocol (see the module docstring)."""
 
     def __init__(
         self,
@@ -63,7 +63,7 @@ class VllmEngine:
         self.carry: StepOutput = []
         self._batch_ids = itertools.count()
 
-    # ---- GenerationEngine ------------------------------------------------------------------
+    # ---- BatchGenerator --------------------------------------------------------------------
     def add(self, request_id: str, request: GenerateRequest) -> None:
         if request_id in self.live:
             raise InvalidInput(f"request id {request_id!r} is already generating")

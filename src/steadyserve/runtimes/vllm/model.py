@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from steadyserve.config import ModelSpec
-from steadyserve.model import GenerationEngine, Model
+from steadyserve.model import BatchGenerator, Model
 from steadyserve.runtimes.vllm.engine import VllmEngine
 from steadyserve.types import Capability, ModelInfo, TensorSpec
 
@@ -223,7 +223,7 @@ class VllmModel(Model):
         kill_children()
 
     # ---- serving -----------------------------------------------------------------------------
-    def generation_engine(self) -> GenerationEngine | None:
+    def generation_engine(self) -> BatchGenerator | None:
         return self.engine
 
     def predict(self, instances: list[Any], parameters: dict[str, Any] | None = None) -> list[Any]:
