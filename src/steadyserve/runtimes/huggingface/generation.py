@@ -36,6 +36,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from steadyserve.errors import InvalidInput
 from steadyserve.runtimes.huggingface.kvcache import Batch, Seq, new_cache
 from steadyserve.runtimes.huggingface.sampling import Selection, select_tokens, stop_ids
+from steadyserve.runtimes.huggingface.slots import SlotBatch
 from steadyserve.types import GenerateRequest, SamplingParams, TokenDelta
 
 #: at most this many (padded) prompt tokens are prefilled in one forward pass
@@ -55,10 +56,16 @@ class ContinuousBatcher:
         pad_token_id: int,
         max_num_seqs: int,
         max_model_len: int,
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = None,
+        kv_cache: str = "slots",
     ) -> None:
         if max_num_seqs < 1 or max_model_len < 2:
             raise ValueError("max_num_seqs must be >= 1 and max_model_len >= 2")
+        if kv_cache not in ("slots", "dynamic"):
+            raise ValueError(f"kv_cache must be 'slots' or 'dynamic', not {kv_cache!r}")
+        model_device = _model_device(model)
+        if device is not None and model_device is not None and torch.device(device) != model_device:
+            raise ValueError(f"device={device} but the model is on {model_device}")
         self.model = model
         self.config = model.config
         self.encoder_decoder = bool(getattr(self.config, "is_encoder_decoder", False))
@@ -66,7 +73,8 @@ class ContinuousBatcher:
         self.pad_token_id = int(pad_token_id)
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len
-        self.device = torch.device(device)
+        self.device = model_device or torch.device(device or "cpu")
+        self.kv_cache = kv_cache
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         start = getattr(self.config, "decoder_start_token_id", None)
         self.decoder_start = int(start if start is not None else self.pad_token_id)
@@ -76,6 +84,8 @@ class ContinuousBatcher:
         self._rng.manual_seed(random.getrandbits(63))
         self.waiting: OrderedDict[str, Seq] = OrderedDict()
         self.batch: Batch | None = None
+        self.slots = self._new_slots() if kv_cache == "slots" else None
+        self._max_position = max_model_len - 1
 
     # ---- GenerationEngine ------------------------------------------------------------------
     def add(self, request_id: str, request: GenerateRequest) -> None:
@@ -101,19 +111,32 @@ class ContinuousBatcher:
         """Forget a request; a running one leaves the batch (and frees its cache) at once."""
         if self.waiting.pop(request_id, None) is not None:
             return
+        if self.slots is not None:
+            slot = self.slots.row_of(request_id)
+            if slot is not None:
+                self.slots.leave({slot})
+            return
         row = self._row_of(request_id)
         if row is not None:
             with torch.inference_mode():
                 self._drop({row})
 
     def has_work(self) -> bool:
-        return bool(self.waiting) or self.batch is not None
+        return bool(self.waiting) or self._running() > 0
+
+    def _running(self) -> int:
+        if self.slots is not None:
+            return self.slots.rows
+        return self.batch.rows if self.batch is not None else 0
 
     def step(self) -> StepOutput:
         """One decoding iteration for the running batch, then admit and prefill new requests."""
         out: StepOutput = []
         with torch.inference_mode():
-            if self.batch is not None:
+            if self.slots is not None:
+                if self.slots.rows:
+                    self._decode_slots(out)
+            elif self.batch is not None:
                 logits = self._decode(self.batch)
                 self._finish_step(self.batch, logits, out)
             admitted = self._admit()
@@ -125,11 +148,13 @@ class ContinuousBatcher:
         """Drop every sequence and the cache (after a failed step)."""
         self.waiting.clear()
         self.batch = None
+        if self.slots is not None:  # a step that raised may have left it half-updated
+            self.slots = self._new_slots()
 
     def stats(self) -> dict[str, int]:
-        batch = self.batch
+        batch = self.slots or self.batch
         return {
-            "running": batch.rows if batch is not None else 0,
+            "running": self._running(),
             "waiting": len(self.waiting),
             "cache_columns": batch.columns if batch is not None else 0,
         }
@@ -173,6 +198,8 @@ class ContinuousBatcher:
 
     # ---- batch plumbing ----------------------------------------------------------------------
     def _row_of(self, request_id: str) -> int | None:
+        if self.slots is not None:
+            return self.slots.row_of(request_id)
         if self.batch is None:
             return None
         for i, seq in enumerate(self.batch.seqs):
@@ -191,7 +218,7 @@ class ContinuousBatcher:
             batch.select(keep)
 
     def _admit(self) -> list[Seq]:
-        free = self.max_num_seqs - (self.batch.rows if self.batch is not None else 0)
+        free = self.max_num_seqs - self._running()
         admitted: list[Seq] = []
         while self.waiting and len(admitted) < free:
             admitted.append(self.waiting.popitem(last=False)[1])
@@ -242,6 +269,39 @@ class ContinuousBatcher:
         batch.cache = out.past_key_values
         batch.mask = mask
         return out.logits[:, -1, :]
+
+    def _decode_slots(self, out: StepOutput) -> None:
+        """One token for every slot in use (see :mod:`.slots`), emitted; finished rows leave."""
+        slots = self.slots
+        assert slots is not None
+        inputs = slots.prepare_decode()
+        if self.encoder_decoder:
+            inputs["encoder_outputs"] = self._encoder_placeholder(inputs["attention_mask"])
+        logits = self.model(**inputs).logits[:, -1, :]
+        slots.advance(self._max_position)
+        active = slots.active()
+        holes = len(active) < slots.hi
+        idx = torch.tensor(active, dtype=torch.long, device=self.device) if holes else None
+        if idx is not None:
+            logits = logits.index_select(0, idx)
+        seqs = [seq for seq in slots.seqs if seq is not None]
+        sel = select_tokens(logits, seqs, eos_token_ids=self.eos_token_ids, generator=self._rng)
+        done = self._emit(seqs, sel, out)
+        tokens = torch.tensor(sel.tokens, dtype=torch.long, device=self.device)
+        if idx is not None:
+            slots.last.index_copy_(0, idx, tokens)
+        else:
+            slots.last[: slots.hi] = tokens
+        if done:
+            slots.leave({active[j] for j in done})
+
+    def _new_slots(self) -> SlotBatch:
+        return SlotBatch(
+            slots=self.max_num_seqs,
+            max_model_len=self.max_model_len,
+            encoder_decoder=self.encoder_decoder,
+            device=self.device,
+        )
 
     def _encoder_placeholder(self, enc_mask: torch.Tensor) -> BaseModelOutput:
         """Encoder states are only read when the cross-attention cache is filled (at prefill);
@@ -324,7 +384,9 @@ class ContinuousBatcher:
         self._finish_step(batch, logits, out)
         if batch.rows == 0:
             return
-        if self.batch is None:
+        if self.slots is not None:
+            self.slots.join(batch)
+        elif self.batch is None:
             self.batch = batch
         else:
             self.batch.merge(batch)
@@ -379,3 +441,13 @@ class ContinuousBatcher:
         if used >= self.max_model_len:
             return "length"
         return None
+
+
+def _model_device(model: Any) -> torch.device | None:
+    """The device of the model's weights (``None`` for a model without parameters)."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    for param in model.parameters():
+        return torch.device(param.device)
+    return None
