@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from steadyserve import cpus
 from steadyserve.engine import ipc
 from steadyserve.errors import ServiceUnavailable, SteadyError, WorkerCrashed
 
@@ -163,6 +164,9 @@ class WorkerSupervisor:
             env["PYTHONSAFEPATH"] = "1"
             env.setdefault("STEADYSERVE_WORKER_LOG_LEVEL", self.config.log_level)
             env["STEADYSERVE_WORKER_LOG_FORMAT"] = self.config.log_format
+            # threads from the CPUs we may really use, OpenMP threads that sleep when idle: set
+            # before the worker imports torch (steadyserve/cpus.py)
+            env.update(cpus.worker_env(env, cpus.detect(self.spec.torch_threads)))
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
