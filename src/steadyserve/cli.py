@@ -167,6 +167,7 @@ def model_specs(settings: Settings) -> list[Any]:
         max_num_seqs=settings.max_num_seqs,
         memory_limit_mb=settings.worker_memory_limit_mb,
         torch_threads=settings.torch_threads,
+        compile=settings.compile,
     )
     if settings.model_repository is not None:
         from steadyserve.repository import scan_repository

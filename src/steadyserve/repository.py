@@ -94,6 +94,7 @@ def spec_options(settings: Settings) -> dict[str, Any]:
         max_num_seqs=settings.max_num_seqs,
         memory_limit_mb=settings.worker_memory_limit_mb,
         torch_threads=settings.torch_threads,
+        compile=settings.compile,
     )
 
 

@@ -201,3 +201,102 @@ def test_device_follows_the_model(models: dict[str, Any]) -> None:  # noqa: F811
         _engine(model, device="meta")
     with pytest.raises(ValueError, match="kv_cache"):
         _engine(model, kv_cache="paged")
+
+
+@pytest.mark.parametrize("delay", [0, 3])
+def test_arrivals_prefilled_together_within_the_bound(
+    models: dict[str, Any],  # noqa: F811
+    delay: int,
+) -> None:
+    """With ``prefill_delay_steps``, arrivals one step apart share one prefill pass, and none
+    waits more than the bound for its first token; outputs stay exact."""
+    model = models["gpt2"]
+    engine = _engine(model, max_num_seqs=8, prefill_delay_steps=delay)
+    prompts = {f"r{i}": _prompt(model, 3 + i, seed=100 + i) for i in range(5)}
+    arrive = {"r0": 0, "r1": 1, "r2": 2, "r3": 3, "r4": 9}
+    schedule: Schedule = {}
+    for rid, step in arrive.items():
+        schedule.setdefault(step, []).append(
+            (rid, GenerateRequest(prompts[rid], params=_greedy(12)))
+        )
+    prefills: list[int] = []
+    original = engine._prefill
+
+    def counting(seqs: list[Any]) -> Any:
+        prefills.append(len(seqs))
+        return original(seqs)
+
+    engine._prefill = counting  # type: ignore[method-assign]
+    first: dict[str, int] = {}
+
+    def watch(step: int, e: ContinuousBatcher) -> None:
+        for rid in prompts:
+            if rid not in first and e._row_of(rid) is not None:
+                first[rid] = step  # prefilled during the previous step
+
+    deltas, errors = _drive(engine, schedule, on_step=watch)
+    assert not errors
+    for rid, step in arrive.items():
+        assert 1 <= first[rid] - step <= delay + 1, (rid, first[rid], step)
+        assert _tokens(deltas[rid]) == _reference(model, prompts[rid], 12), rid
+    if delay:
+        # r0 alone (idle engine); r1 + r2 together; r3 and r4 alone, at the bound
+        assert prefills == [1, 2, 1, 1]
+    else:
+        assert prefills == [1, 1, 1, 1, 1]
+
+
+def test_compile_failure_at_load_is_a_warning_and_eager(
+    models: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(model: Any, **kw: Any) -> Any:
+        def run(**inputs: Any) -> Any:
+            raise RuntimeError("inductor exploded")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = models["llama"]
+    with caplog.at_level("WARNING", logger="steadyserve.generation"):
+        engine = _engine(model, compile=True)
+    assert engine._compiled is None
+    assert any("decoding runs eagerly" in r.getMessage() for r in caplog.records)
+    prompt = _prompt(model, 7, seed=123)
+    deltas, errors = _drive(engine, {0: [("a", GenerateRequest(prompt, params=_greedy(9)))]})
+    assert not errors
+    assert _tokens(deltas["a"]) == _reference(model, prompt, 9)
+
+
+def test_compiled_step_that_raises_later_falls_back_mid_stream(
+    models: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A compiled step that works at load and fails mid-stream (after writing some layers of
+    the column) is redone eagerly: no request fails and the tokens are exact."""
+    calls = {"n": 0}
+
+    def flaky(model: Any, **kw: Any) -> Any:
+        def run(**inputs: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] > 6:
+                model(**inputs)  # writes the column, then fails
+                raise RuntimeError("graph break at runtime")
+            return model(**inputs)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", flaky)
+    model = models["gpt2"]
+    engine = _engine(model, compile=True)
+    assert engine._compiled is not None
+    prompts = {rid: _prompt(model, 4 + i, seed=130 + i) for i, rid in enumerate("ab")}
+    schedule: Schedule = {
+        0: [("a", GenerateRequest(prompts["a"], params=_greedy(10)))],
+        2: [("b", GenerateRequest(prompts["b"], params=_greedy(8)))],
+    }
+    deltas, errors = _drive(engine, schedule)
+    assert not errors and engine._compiled is None
+    for rid, n in (("a", 10), ("b", 8)):
+        assert _tokens(deltas[rid]) == _reference(model, prompts[rid], n), rid

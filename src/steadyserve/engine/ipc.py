@@ -52,6 +52,7 @@ class ModelSpec(msgspec.Struct):
     max_num_seqs: int = 32
     memory_limit_mb: int | None = None
     torch_threads: int | None = None
+    compile: bool = False
     options: dict[str, Any] = {}
 
 

@@ -10,10 +10,19 @@ Each ``step``:
    new token per row) and drops the rows that finished, freeing their KV memory at once;
 2. prefills the waiting requests that fit in the free slots (batched among themselves: left-padded
    prompts for decoder-only models; for encoder-decoder models the encoder plus the first decoder
-   step), picks their first token, and merges them into the running batch.
+   step), picks their first token, and moves them into free cache slots.
 
-The batch state lives in :mod:`.kvcache` (a padded ``DynamicCache`` with an attention mask and
-explicit positions); token choice in :mod:`.sampling`. A request that cannot be served (no prompt,
+**Arrivals and time to first token.** While rows are decoding, arrivals may be held back so that
+they share one prefill pass instead of costing a pass each: they are prefilled as soon as they
+would fill the free slots or number at least two and a quarter of the running batch, and never later than
+``prefill_delay_steps`` steps after they arrived. So a request that finds a free slot gets its
+first token within ``prefill_delay_steps + 1`` steps (default 4 on CUDA, where a prefill pass
+costs about a decode step; 0 on CPU: every step prefills what arrived).
+
+The running batch lives in :mod:`.slots` (pre-allocated per-slot KV buffers: joins and leaves copy
+nothing); ``kv_cache="dynamic"`` keeps the older :mod:`.kvcache` batch (a padded ``DynamicCache``
+re-padded on every join), which the prefill pass itself also uses. Token choice is in
+:mod:`.sampling`. A request that cannot be served (no prompt,
 a prompt longer than ``max_model_len``, token ids outside the vocabulary, bad parameters) is
 refused in ``add`` with :class:`~steadyserve.errors.InvalidInput`; a prefill that raises fails only
 the requests that raise when prefilled alone. If the decoding step itself raises, the scheduler
@@ -26,6 +35,7 @@ included (as vLLM does); the decoder start token of encoder-decoder models is ne
 from __future__ import annotations
 
 import inspect
+import logging
 import random
 from collections import OrderedDict
 from typing import Any
@@ -39,10 +49,16 @@ from steadyserve.runtimes.huggingface.sampling import Selection, select_tokens, 
 from steadyserve.runtimes.huggingface.slots import SlotBatch
 from steadyserve.types import GenerateRequest, SamplingParams, TokenDelta
 
+log = logging.getLogger("steadyserve.generation")
+
 #: at most this many (padded) prompt tokens are prefilled in one forward pass
 PREFILL_TOKEN_BUDGET = 8192
+#: default bound on how many decoding steps an arrival may wait for others to be prefilled with
+#: (on CUDA; 0 on CPU, where one prompt's prefill costs less than a batched decode step)
+PREFILL_DELAY_STEPS_GPU = 4
 
 StepOutput = list[tuple[str, TokenDelta | BaseException]]
+_WARM_UP = SamplingParams(max_tokens=4, min_tokens=4, temperature=0.0, ignore_eos=True)
 
 
 class ContinuousBatcher:
@@ -58,6 +74,8 @@ class ContinuousBatcher:
         max_model_len: int,
         device: torch.device | str | None = None,
         kv_cache: str = "slots",
+        prefill_delay_steps: int | None = None,
+        compile: bool = False,
     ) -> None:
         if max_num_seqs < 1 or max_model_len < 2:
             raise ValueError("max_num_seqs must be >= 1 and max_model_len >= 2")
@@ -82,9 +100,19 @@ class ContinuousBatcher:
         self._logits_to_keep = "logits_to_keep" in params
         self._rng = torch.Generator(device=self.device)
         self._rng.manual_seed(random.getrandbits(63))
+        if prefill_delay_steps is None:  # a prefill pass costs about a decode step on a GPU
+            prefill_delay_steps = PREFILL_DELAY_STEPS_GPU if self.device.type == "cuda" else 0
+        if prefill_delay_steps < 0:
+            raise ValueError("prefill_delay_steps must be >= 0")
+        self.prefill_delay_steps = prefill_delay_steps
+        self._steps = 0
+        self._arrived: dict[str, int] = {}
         self.waiting: OrderedDict[str, Seq] = OrderedDict()
         self.batch: Batch | None = None
         self.slots = self._new_slots() if kv_cache == "slots" else None
+        self._compiled: Any = None
+        if compile:
+            self._compile()
         self._max_position = max_model_len - 1
 
     # ---- GenerationEngine ------------------------------------------------------------------
@@ -99,6 +127,7 @@ class ContinuousBatcher:
         if params.seed is not None and params.temperature > 0:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(int(params.seed))
+        self._arrived[request_id] = self._steps
         self.waiting[request_id] = Seq(
             params=params,
             prompt=prompt,
@@ -110,6 +139,7 @@ class ContinuousBatcher:
     def abort(self, request_id: str) -> None:
         """Forget a request; a running one leaves the batch (and frees its cache) at once."""
         if self.waiting.pop(request_id, None) is not None:
+            self._arrived.pop(request_id, None)
             return
         if self.slots is not None:
             slot = self.slots.row_of(request_id)
@@ -132,6 +162,7 @@ class ContinuousBatcher:
     def step(self) -> StepOutput:
         """One decoding iteration for the running batch, then admit and prefill new requests."""
         out: StepOutput = []
+        self._steps += 1
         with torch.inference_mode():
             if self.slots is not None:
                 if self.slots.rows:
@@ -147,6 +178,7 @@ class ContinuousBatcher:
     def reset(self) -> None:
         """Drop every sequence and the cache (after a failed step)."""
         self.waiting.clear()
+        self._arrived.clear()
         self.batch = None
         if self.slots is not None:  # a step that raised may have left it half-updated
             self.slots = self._new_slots()
@@ -218,10 +250,22 @@ class ContinuousBatcher:
             batch.select(keep)
 
     def _admit(self) -> list[Seq]:
-        free = self.max_num_seqs - self._running()
+        """The waiting requests to prefill now: as many as there are free slots, but while
+        rows are decoding, arrivals are held back (at most ``prefill_delay_steps`` steps) until
+        they can be prefilled together: enough to fill the free slots or (at least two and) a quarter of the
+        running batch."""
+        running = self._running()
+        free = self.max_num_seqs - running
+        if self.waiting and free and running and self.prefill_delay_steps:
+            oldest = self._arrived.get(next(iter(self.waiting)), self._steps)
+            enough = len(self.waiting) >= min(free, max(2, running // 4))
+            if not enough and self._steps - oldest < self.prefill_delay_steps:
+                return []
         admitted: list[Seq] = []
         while self.waiting and len(admitted) < free:
-            admitted.append(self.waiting.popitem(last=False)[1])
+            seq = self.waiting.popitem(last=False)[1]
+            self._arrived.pop(seq.request_id, None)
+            admitted.append(seq)
         return admitted
 
     @staticmethod
@@ -277,7 +321,7 @@ class ContinuousBatcher:
         inputs = slots.prepare_decode()
         if self.encoder_decoder:
             inputs["encoder_outputs"] = self._encoder_placeholder(inputs["attention_mask"])
-        logits = self.model(**inputs).logits[:, -1, :]
+        logits = self._forward(inputs).logits[:, -1, :]
         slots.advance(self._max_position)
         active = slots.active()
         holes = len(active) < slots.hi
@@ -294,6 +338,38 @@ class ContinuousBatcher:
             slots.last[: slots.hi] = tokens
         if done:
             slots.leave({active[j] for j in done})
+
+    # ---- --compile ---------------------------------------------------------------------------
+    def _compile(self) -> None:
+        """Compile the decoding step (slots only) and run it once on a dummy request, so that
+        a compile failure shows at load: a warning, then eager mode."""
+        if self.slots is None:
+            log.warning("--compile needs the slot KV cache; decoding runs eagerly")
+            return
+        try:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs
+            self._compiled = torch.compile(self.model, dynamic=True, mode=mode)
+            self.add("__warmup__", GenerateRequest(prompt_token_ids=[0, 0], params=_WARM_UP))
+            while self.has_work():
+                for _rid, item in self.step():
+                    if isinstance(item, BaseException):
+                        raise item
+        except Exception as exc:  # noqa: BLE001 - never fail the load over an optimisation
+            log.warning("--compile failed (%s: %s); decoding runs eagerly", type(exc).__name__, exc)
+            self._compiled = None
+            self.reset()
+
+    def _forward(self, inputs: dict[str, Any]) -> Any:
+        """The decoding forward pass: compiled when ``--compile`` worked, else eager. A
+        compiled call that raises is retried eagerly once (the slots are written again, at the
+        same column), and the compiled path is dropped."""
+        if self._compiled is not None:
+            try:
+                return self._compiled(**inputs)
+            except Exception as exc:  # noqa: BLE001 - fall back, never fail the request
+                log.warning("compiled decode failed (%s); decoding runs eagerly", exc)
+                self._compiled = None
+        return self.model(**inputs)
 
     def _new_slots(self) -> SlotBatch:
         return SlotBatch(
