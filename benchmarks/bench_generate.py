@@ -152,6 +152,7 @@ def make_engine(model: Any, slots: int, args: argparse.Namespace | None = None) 
     kw: dict[str, Any] = {}
     if args is not None:
         kw["kv_cache"] = args.kv_cache
+        kw["compile"] = args.compile
         if args.prefill_delay is not None:
             kw["prefill_delay_steps"] = args.prefill_delay
     return ContinuousBatcher(
@@ -518,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (model and server)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--arrivals", choices=["closed", "wave"], default="closed")
+    parser.add_argument(
+        "--compile", action="store_true", help="compiled decode step (engine and server)"
+    )
     parser.add_argument("--neighbour", action="store_true", help="also run beside a busy core")
     parser.add_argument("--kv_cache", choices=["slots", "dynamic"], default="slots")
     parser.add_argument(
@@ -537,11 +541,18 @@ def main(argv: list[str] | None = None) -> int:
         args.models, args.device, args.dtype = ["llama250m"], "cuda", "bfloat16"
         args.new_tokens, args.batches, args.repeats, args.server_waves = 64, [1, 32, 128], 2, 2
     args.server_args = [a for arg in args.server_args for a in arg.split()]
+    if args.compile:
+        args.server_args.append("--compile")
 
+    from steadyserve import cpus
+
+    # the in-process runs get what the server's worker gets (thread count, OpenMP passive
+    # wait policy), set before torch is imported
+    plan = cpus.detect(args.threads or None)
+    os.environ.update(cpus.worker_env(os.environ, plan))
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(plan.threads)
     rows: list[dict[str, Any]] = []
     for kind in args.models:
         rows.extend(bench_model(kind, args))
@@ -558,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": args.dtype,
         "arrivals": args.arrivals,
         "kv_cache": args.kv_cache,
+        "compile": args.compile,
         "argv": sys.argv[1:] if argv is None else argv,
         "cpu_count": os.cpu_count(),
         "loadavg_end": os.getloadavg(),

@@ -261,7 +261,7 @@ def test_compile_failure_at_load_is_a_warning_and_eager(
     model = models["llama"]
     with caplog.at_level("WARNING", logger="steadyserve.generation"):
         engine = _engine(model, compile=True)
-    assert engine._compiled is None
+    assert engine._forward.compiled is None
     assert any("decoding runs eagerly" in r.getMessage() for r in caplog.records)
     prompt = _prompt(model, 7, seed=123)
     deltas, errors = _drive(engine, {0: [("a", GenerateRequest(prompt, params=_greedy(9)))]})
@@ -290,13 +290,13 @@ def test_compiled_step_that_raises_later_falls_back_mid_stream(
     monkeypatch.setattr(torch, "compile", flaky)
     model = models["gpt2"]
     engine = _engine(model, compile=True)
-    assert engine._compiled is not None
+    assert engine._forward.compiled is not None
     prompts = {rid: _prompt(model, 4 + i, seed=130 + i) for i, rid in enumerate("ab")}
     schedule: Schedule = {
         0: [("a", GenerateRequest(prompts["a"], params=_greedy(10)))],
         2: [("b", GenerateRequest(prompts["b"], params=_greedy(8)))],
     }
     deltas, errors = _drive(engine, schedule)
-    assert not errors and engine._compiled is None
+    assert not errors and engine._forward.compiled is None
     for rid, n in (("a", 10), ("b", 8)):
         assert _tokens(deltas[rid]) == _reference(model, prompts[rid], n), rid

@@ -44,6 +44,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from steadyserve.errors import InvalidInput
+from steadyserve.runtimes.huggingface.compiled import DecodeForward
 from steadyserve.runtimes.huggingface.kvcache import Batch, Seq, new_cache
 from steadyserve.runtimes.huggingface.sampling import Selection, select_tokens, stop_ids
 from steadyserve.runtimes.huggingface.slots import SlotBatch
@@ -110,10 +111,10 @@ class ContinuousBatcher:
         self.waiting: OrderedDict[str, Seq] = OrderedDict()
         self.batch: Batch | None = None
         self.slots = self._new_slots() if kv_cache == "slots" else None
-        self._compiled: Any = None
-        if compile:
-            self._compile()
+        self._forward = DecodeForward(model)
         self._max_position = max_model_len - 1
+        if compile:  # last: it runs a warm-up request through the engine
+            self._compile()
 
     # ---- GenerationEngine ------------------------------------------------------------------
     def add(self, request_id: str, request: GenerateRequest) -> None:
@@ -342,34 +343,21 @@ class ContinuousBatcher:
     # ---- --compile ---------------------------------------------------------------------------
     def _compile(self) -> None:
         """Compile the decoding step (slots only) and run it once on a dummy request, so that
-        a compile failure shows at load: a warning, then eager mode."""
+        a compile failure shows at load: a warning, then eager mode (see :mod:`.compiled`)."""
         if self.slots is None:
             log.warning("--compile needs the slot KV cache; decoding runs eagerly")
             return
+        if not self._forward.compile(self.device):
+            return
         try:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs
-            self._compiled = torch.compile(self.model, dynamic=True, mode=mode)
             self.add("__warmup__", GenerateRequest(prompt_token_ids=[0, 0], params=_WARM_UP))
             while self.has_work():
                 for _rid, item in self.step():
                     if isinstance(item, BaseException):
                         raise item
         except Exception as exc:  # noqa: BLE001 - never fail the load over an optimisation
-            log.warning("--compile failed (%s: %s); decoding runs eagerly", type(exc).__name__, exc)
-            self._compiled = None
+            self._forward.disable(exc)
             self.reset()
-
-    def _forward(self, inputs: dict[str, Any]) -> Any:
-        """The decoding forward pass: compiled when ``--compile`` worked, else eager. A
-        compiled call that raises is retried eagerly once (the slots are written again, at the
-        same column), and the compiled path is dropped."""
-        if self._compiled is not None:
-            try:
-                return self._compiled(**inputs)
-            except Exception as exc:  # noqa: BLE001 - fall back, never fail the request
-                log.warning("compiled decode failed (%s); decoding runs eagerly", exc)
-                self._compiled = None
-        return self.model(**inputs)
 
     def _new_slots(self) -> SlotBatch:
         return SlotBatch(
