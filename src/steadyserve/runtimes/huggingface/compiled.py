@@ -35,7 +35,8 @@ class DecodeForward:
         return True
 
     def disable(self, exc: BaseException) -> None:
-        log.warning("--compile failed (%s: %s); decoding runs eagerly", type(exc).__name__, exc)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]  # inductor errors run long
+        log.warning("--compile failed (%s: %s); decoding runs eagerly", type(exc).__name__, first)
         self.compiled = None
 
     def __call__(self, inputs: dict[str, Any]) -> Any:
