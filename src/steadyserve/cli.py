@@ -152,26 +152,32 @@ def setup_logging(settings: Settings) -> None:
     configure(settings.log_level, settings.log_format)
 
 
-def model_specs(settings: Settings) -> list[Any]:
-    """The models to serve, from the settings. Raises ConfigError for unusable paths."""
-    from steadyserve.engine.ipc import ModelSpec
+def model_specs(settings: Settings, ts_config: Any = None) -> list[Any]:
+    """The models to serve, from the settings (and TorchServe's config.properties, parsed by
+    ``runtimes.torchserve.config``). Raises ConfigError for unusable paths."""
+    from steadyserve.config import ModelSpec, model_options
 
-    common: dict[str, Any] = dict(
-        task=settings.task,
-        dtype=settings.dtype,
-        device=settings.device,
-        trust_remote_code=settings.trust_remote_code,
-        max_model_len=settings.max_model_len,
-        max_batch_size=settings.max_batch_size,
-        max_batch_wait_ms=settings.max_batch_wait_ms,
-        max_num_seqs=settings.max_num_seqs,
-        memory_limit_mb=settings.worker_memory_limit_mb,
-        torch_threads=settings.torch_threads,
-        compile=settings.compile,
-    )
+    common = model_options(settings)
+    if settings.model_archive is not None:
+        from steadyserve.runtimes.torchserve.archive import ArchiveError
+        from steadyserve.runtimes.torchserve.specs import archive_spec
+
+        overrides = ts_config.models if ts_config is not None else None
+        try:
+            return [archive_spec(settings.model_archive, common, settings.model_name, overrides)]
+        except ArchiveError as exc:
+            raise ConfigError(
+                f"invalid --model_archive={settings.model_archive!r}: {exc}"
+            ) from None
     if settings.model_repository is not None:
         from steadyserve.repository import scan_repository
 
+        if ts_config is not None:  # TorchServe's model store: load_models and per-model config
+            from steadyserve.runtimes.torchserve.specs import scan_store
+
+            return scan_store(
+                settings.model_repository, common, ts_config.load_models, ts_config.models
+            )
         return scan_repository(settings.model_repository, common)
     if settings.model_class is not None:
         target = settings.model_class.rpartition(":")[0]
@@ -182,7 +188,7 @@ def model_specs(settings: Settings) -> list[Any]:
         return [
             ModelSpec(
                 name=name,
-                kind="custom",
+                runtime="custom",
                 model_class=settings.model_class,
                 model_dir=model_dir,
                 **common,
@@ -193,7 +199,7 @@ def model_specs(settings: Settings) -> list[Any]:
         return [
             ModelSpec(
                 name=name,
-                kind="huggingface",
+                runtime="huggingface",
                 model_id=settings.model_id,
                 revision=settings.model_revision,
                 tokenizer_revision=settings.tokenizer_revision,
@@ -206,12 +212,12 @@ def model_specs(settings: Settings) -> list[Any]:
 
         path = ensure_demo_model()
         name = settings.model_name or DEMO_MODEL_NAME
-        return [ModelSpec(name=name, kind="huggingface", model_dir=path, **common)]
+        return [ModelSpec(name=name, runtime="huggingface", model_dir=path, **common)]
     _check_hf_model_dir(model_dir)
     name = settings.model_name or (os.path.basename(os.path.normpath(model_dir)) or "model")
     if name == "models" and model_dir == "/mnt/models":
         name = settings.model_name or "model"
-    return [ModelSpec(name=name, kind="huggingface", model_dir=model_dir, **common)]
+    return [ModelSpec(name=name, runtime="huggingface", model_dir=model_dir, **common)]
 
 
 def _check_hf_model_dir(model_dir: str) -> None:
@@ -251,14 +257,24 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in values.items()
         if k.startswith("kserve_") and v is not None
     }
+    ts_config = None
     try:
+        if flags.get("ts_config"):
+            from steadyserve.runtimes.torchserve.config import load_ts_config
+
+            ts_config = load_ts_config(flags["ts_config"])
+            for key, value in ts_config.settings.items():  # explicit flags win
+                if flags.get(key) is None:
+                    flags[key] = value
         settings = build_settings(flags)
         setup_logging(settings)
-        specs = model_specs(settings)
+        specs = model_specs(settings, ts_config)
         check_ports(settings)
     except ConfigError as exc:
         sys.stderr.write(f"steadyserve: {exc}\n")
         return EXIT_CONFIG
+    for warning in ts_config.warnings if ts_config is not None else ():
+        log.warning("--ts_config: %s", warning)
     from steadyserve.server import run
 
     for name, value in ignored.items():

@@ -44,8 +44,8 @@ from steadyserve.types import (
 )
 
 
-class GenerationEngine(Protocol):
-    """Iteration-level (continuous) batching engine, driven by the worker's scheduler.
+class BatchGenerator(Protocol):
+    """Iteration-level (continuous) batching generator, driven by the worker's scheduler.
 
     The scheduler calls ``add`` for new sequences and ``abort`` for cancelled ones *between*
     steps, and ``step`` while ``has_work()``; each ``step`` runs one decoding iteration for every
@@ -66,6 +66,11 @@ class GenerationEngine(Protocol):
     def reset(self) -> None: ...
 
     def stats(self) -> dict[str, int]: ...
+
+
+#: the name before the design pass ("engine" now means only the server's engine client); the
+#: method that returns one keeps its name (``generation_engine``): it is the custom-model API
+GenerationEngine = BatchGenerator
 
 
 class Model:
@@ -124,8 +129,8 @@ class Model:
         """Yield token deltas for one request; the last one carries ``finish_reason``."""
         raise NotImplementedError
 
-    def generation_engine(self) -> GenerationEngine | None:
-        """A continuous-batching engine, or ``None`` to drive ``generate`` per request."""
+    def generation_engine(self) -> BatchGenerator | None:
+        """A continuous-batching generator, or ``None`` to drive ``generate`` per request."""
         return None
 
     # ---- introspection -------------------------------------------------------------------------

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from steadyserve.engine.client import EngineConfig, ModelEngine
-from steadyserve.engine.ipc import ModelSpec
+from steadyserve.config import EngineConfig, ModelSpec
+from steadyserve.engine.client import WorkerClient
 from steadyserve.errors import InvalidInput, ModelNotFound
 
 log = logging.getLogger("steadyserve.registry")
@@ -27,7 +27,7 @@ class Registry:
         it stays in, so liveness fails and Kubernetes shows the crash loop."""
         self.config = config
         self.give_up_unloadable = give_up_unloadable
-        self._engines: dict[str, ModelEngine] = {}
+        self._engines: dict[str, WorkerClient] = {}
         #: models that *should* be loaded (server readiness waits for all of them).
         self._known: dict[str, ModelSpec] = {}
         self.draining = False
@@ -35,19 +35,19 @@ class Registry:
             self._known[spec.name] = spec
         #: models unloaded (or that failed to load) → (spec, reason); ``load`` can bring them back.
         self._unloaded: dict[str, tuple[ModelSpec, str]] = {}
-        #: hook for metrics: called with each engine as it is created.
-        self.on_engine: list[object] = []
+        #: hooks (metrics): called with each engine client as it is created.
+        self.on_engine: list[Callable[[WorkerClient], None]] = []
 
     def names(self) -> list[str]:
         return sorted(self._engines)
 
-    def engines(self) -> list[ModelEngine]:
+    def engines(self) -> list[WorkerClient]:
         return [self._engines[n] for n in sorted(self._engines)]
 
     def known(self) -> dict[str, ModelSpec]:
         return dict(self._known)
 
-    def get(self, name: str) -> ModelEngine:
+    def get(self, name: str) -> WorkerClient:
         engine = self._engines.get(name)
         if engine is None:
             raise ModelNotFound(f"model '{name[:200]}' is not loaded")
@@ -71,14 +71,14 @@ class Registry:
         for spec in self._known.values():
             await self.load(spec)
 
-    async def load(self, spec: ModelSpec) -> ModelEngine:
+    async def load(self, spec: ModelSpec) -> WorkerClient:
         if spec.name in self._engines:
             return self._engines[spec.name]
-        engine = ModelEngine(spec, self.config)
+        engine = WorkerClient(spec, self.config)
         if self.give_up_unloadable:
             engine.on_give_up = lambda reason: self._give_up(engine, reason)
         for hook in self.on_engine:
-            hook(engine)  # type: ignore[operator]
+            hook(engine)
         self._engines[spec.name] = engine
         self._known[spec.name] = spec
         self._unloaded.pop(spec.name, None)
@@ -96,7 +96,7 @@ class Registry:
         self._unloaded[name] = (spec or engine.spec, reason)
         await engine.stop(grace_s)
 
-    def _give_up(self, engine: ModelEngine, reason: str) -> None:
+    def _give_up(self, engine: WorkerClient, reason: str) -> None:
         """Called by the engine's own supervisor (which then stops): out of every listing."""
         if self._engines.get(engine.name) is engine:
             del self._engines[engine.name]

@@ -14,10 +14,11 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from steadyserve.engine.client import State
-from steadyserve.engine.ipc import ModelSpec
-from steadyserve.engine.supervisor import LOAD_FAILED
+from steadyserve.config import ModelSpec, model_options
+from steadyserve.engine.supervisor import State
 from steadyserve.errors import InvalidInput, ModelError, ServiceUnavailable
+from steadyserve.runtimes.torchserve.archive import ArchiveError
+from steadyserve.settings import ConfigError
 
 if TYPE_CHECKING:
     from steadyserve.registry import Registry
@@ -33,10 +34,15 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 def spec_for_dir(name: str, path: str, common: dict[str, Any]) -> ModelSpec:
-    """A Hugging Face model (config.json), or a custom model (model.py with a ``Model``
-    subclass named in ``steadyserve.txt``, default class ``Model``)."""
+    """A Hugging Face model (config.json), a custom model (model.py with a ``Model``
+    subclass named in ``steadyserve.txt``, default class ``Model``), or a TorchServe archive
+    (a ``.mar`` file, or a directory with ``MAR-INF/MANIFEST.json``)."""
+    from steadyserve.runtimes.torchserve.specs import archive_spec, is_archive
+
+    if is_archive(path):
+        return archive_spec(path, common, name)
     if os.path.isfile(os.path.join(path, "config.json")):
-        return ModelSpec(name=name, kind="huggingface", model_dir=path, **common)
+        return ModelSpec(name=name, runtime="huggingface", model_dir=path, **common)
     custom = os.path.join(path, "model.py")
     if os.path.isfile(custom):
         class_name = "Model"
@@ -45,9 +51,13 @@ def spec_for_dir(name: str, path: str, common: dict[str, Any]) -> ModelSpec:
             with open(marker, encoding="utf-8") as fh:
                 class_name = fh.read().strip() or class_name
         return ModelSpec(
-            name=name, kind="custom", model_class=f"{custom}:{class_name}", model_dir=path, **common
+            name=name,
+            runtime="custom",
+            model_class=f"{custom}:{class_name}",
+            model_dir=path,
+            **common,
         )
-    return ModelSpec(name=name, kind="huggingface", model_dir=path, **common)
+    return ModelSpec(name=name, runtime="huggingface", model_dir=path, **common)
 
 
 def scan_repository(root: str, common: dict[str, Any]) -> list[ModelSpec]:
@@ -56,7 +66,9 @@ def scan_repository(root: str, common: dict[str, Any]) -> list[ModelSpec]:
     specs = []
     for entry in sorted(os.listdir(root)):
         path = os.path.join(root, entry)
-        if not os.path.isdir(path) or entry.startswith("."):
+        if entry.endswith(".mar") and os.path.isfile(path):
+            entry = entry[: -len(".mar")]  # a TorchServe archive: served under its stem
+        elif not os.path.isdir(path) or entry.startswith("."):
             continue
         if not _NAME.fullmatch(entry):
             log.warning(
@@ -65,7 +77,10 @@ def scan_repository(root: str, common: dict[str, Any]) -> list[ModelSpec]:
                 entry,
             )
             continue
-        specs.append(spec_for_dir(entry, path, common))
+        try:
+            specs.append(spec_for_dir(entry, path, common))
+        except ArchiveError as exc:
+            raise ConfigError(f"invalid model archive {path}: {exc}") from None
     return specs
 
 
@@ -80,42 +95,29 @@ def check_load_parameters(names: list[str]) -> None:
             )
 
 
-def spec_options(settings: Settings) -> dict[str, Any]:
-    """The per-model options every repository model gets from the server's settings (the same
-    ones the CLI gives the models it starts with)."""
-    return dict(
-        task=settings.task,
-        dtype=settings.dtype,
-        device=settings.device,
-        trust_remote_code=settings.trust_remote_code,
-        max_model_len=settings.max_model_len,
-        max_batch_size=settings.max_batch_size,
-        max_batch_wait_ms=settings.max_batch_wait_ms,
-        max_num_seqs=settings.max_num_seqs,
-        memory_limit_mb=settings.worker_memory_limit_mb,
-        torch_threads=settings.torch_threads,
-        compile=settings.compile,
-    )
-
-
 class ModelRepository:
     """The model repository extension: what is there, load it, unload it."""
 
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self.registry = registry
         self.root = settings.model_repository
-        self.options = spec_options(settings)
+        self.options = model_options(settings)
         self.load_wait_s = min(settings.worker_load_timeout_s, LOAD_WAIT_MAX_S)
         self.unload_grace_s = min(settings.graceful_shutdown_s, UNLOAD_GRACE_MAX_S)
 
     def _on_disk(self) -> list[str]:
         if self.root is None or not os.path.isdir(self.root):
             return []
-        return [
-            entry
-            for entry in sorted(os.listdir(self.root))
-            if _NAME.fullmatch(entry) and os.path.isdir(os.path.join(self.root, entry))
-        ]
+        found = []
+        for entry in sorted(os.listdir(self.root)):
+            path = os.path.join(self.root, entry)
+            if entry.endswith(".mar") and os.path.isfile(path):
+                entry = entry[: -len(".mar")]  # a TorchServe archive
+            elif not os.path.isdir(path):
+                continue
+            if _NAME.fullmatch(entry):
+                found.append(entry)
+        return found
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Every model the server knows or the repository holds, with its state:
@@ -145,9 +147,12 @@ class ModelRepository:
         if not _NAME.fullmatch(name) or name in (".", ".."):
             raise InvalidInput(f"invalid model name {name[:100]!r}")
         if self.root is not None:
-            path = os.path.join(self.root, name)
-            if os.path.isdir(path):
-                return spec_for_dir(name, path, self.options)
+            for path in (os.path.join(self.root, name), os.path.join(self.root, f"{name}.mar")):
+                if os.path.isdir(path) or (path.endswith(".mar") and os.path.isfile(path)):
+                    try:
+                        return spec_for_dir(name, path, self.options)
+                    except ArchiveError as exc:
+                        raise InvalidInput(f"model {name}: {exc}") from None
         return self.registry.spec_for(name)
 
     async def load(self, name: str) -> None:
@@ -163,8 +168,9 @@ class ModelRepository:
             engine = await self.registry.load(self._spec(name))
         deadline = time.monotonic() + self.load_wait_s
         while not engine.ready:
+            health = engine.health()
             reason = engine.last_error or ""
-            if engine.info is None and reason.startswith(LOAD_FAILED):
+            if engine.info is None and health.load_failed:
                 if self.registry.has(name) and self.registry.get(name) is engine:
                     await self.registry.unload(name, 0.0, reason=reason)
                 raise ModelError(f"model {name} failed to load: {reason}")

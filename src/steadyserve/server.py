@@ -11,7 +11,7 @@ from typing import Any
 
 import uvicorn
 
-from steadyserve.engine.client import EngineConfig
+from steadyserve.config import engine_config
 from steadyserve.errors import ServiceUnavailable
 from steadyserve.registry import Registry
 from steadyserve.settings import Settings
@@ -23,21 +23,6 @@ log = logging.getLogger("steadyserve.server")
 
 #: after the drain, how long uvicorn waits for the last responses to be written
 SHUTDOWN_FLUSH_S = 5
-
-
-def engine_config(settings: Settings) -> EngineConfig:
-    return EngineConfig(
-        max_queue_size=settings.max_queue_size,
-        max_queue_tokens=settings.max_queue_tokens,
-        request_timeout_s=settings.request_timeout_s,
-        worker_load_timeout_s=settings.worker_load_timeout_s,
-        worker_hang_timeout_s=settings.worker_hang_timeout_s,
-        max_consecutive_crashes=settings.max_consecutive_crashes,
-        restart_backoff_s=settings.restart_backoff_s,
-        restart_backoff_max_s=settings.restart_backoff_max_s,
-        log_level=settings.log_level,
-        log_format=settings.log_format,
-    )
 
 
 class DrainingServer(uvicorn.Server):

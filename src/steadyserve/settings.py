@@ -92,6 +92,16 @@ class Settings(BaseModel):
     model_repository: str | None = Field(
         None, description="Directory with one sub-directory per model; serves all of them."
     )
+    model_archive: str | None = Field(
+        None,
+        description="TorchServe model archive (.mar file or unpacked archive dir) to serve; "
+        "its handler runs unmodified (pip install steadyserve[torchserve]).",
+    )
+    ts_config: str | None = Field(
+        None,
+        description="TorchServe config.properties: inference_address, model_store, "
+        "load_models, default_response_timeout, models={...} (see docs/torchserve.md).",
+    )
     task: Task | None = Field(
         None, description="Hugging Face task; inferred from config.architectures when unset."
     )
@@ -250,6 +260,7 @@ ENV_VARS: dict[str, str] = {
     "model_id": "MODEL_ID",
     "model_class": "MODEL_CLASS",
     "model_repository": "MODEL_REPOSITORY",
+    "model_archive": "MODEL_ARCHIVE",
     "task": "TASK",
     "dtype": "DTYPE",
     "device": "DEVICE",

@@ -16,8 +16,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 
-from steadyserve.engine.client import EngineConfig
-from steadyserve.engine.ipc import ModelSpec
+from steadyserve.config import EngineConfig, ModelSpec
+from steadyserve.engine import events
 from steadyserve.registry import Registry
 from steadyserve.settings import build_settings
 from steadyserve.transport.context import ServerContext
@@ -162,13 +162,15 @@ def test_engine_listener_records_generation_metrics() -> None:
     metrics.attach(engine)  # idempotent
     assert len(engine.listeners) == 1
     listener = engine.listeners[0]
-    listener(engine, "first_token", seconds=0.2, tokens=1, prompt_tokens=7)
-    listener(engine, "tokens", seconds=0.03, tokens=3, prompt_tokens=None)
-    listener(engine, "tokens", seconds=0.01, tokens=0, prompt_tokens=None)  # final, no tokens
-    listener(engine, "aborted")
-    listener(engine, "expired")
-    listener(engine, "restart", reason="x")
-    samples = scrape_text(generate_latest(metrics.registry).decode())
+    listener(engine, events.Tokens(first=True, seconds=0.2, tokens=1, prompt_tokens=7))
+    listener(engine, events.Tokens(first=False, seconds=0.03, tokens=3))
+    listener(engine, events.Tokens(first=False, seconds=0.01, tokens=0))  # final, no tokens
+    listener(engine, events.Aborted())
+    listener(engine, events.Expired())
+    listener(engine, events.Restarted(reason="x"))
+    listener(engine, events.QueueWait(0.5))
+    listener(engine, events.Failed(ValueError("x")))
+    samples = scrape_text(generate_latest(metrics.prometheus).decode())
     gen = {"model": "gen"}
     assert value(samples, "steadyserve_time_to_first_token_seconds_count", **gen) == 1
     assert value(samples, "steadyserve_time_to_first_token_seconds_sum", **gen) == pytest.approx(
@@ -183,17 +185,19 @@ def test_engine_listener_records_generation_metrics() -> None:
     assert value(samples, "steadyserve_requests_cancelled_total", **gen) == 1
     assert value(samples, "steadyserve_requests_expired_total", **gen) == 1
     assert value(samples, "steadyserve_worker_restarts_total", **gen) == 1
+    assert value(samples, "steadyserve_queue_wait_seconds_sum", **gen) == pytest.approx(0.5)
+    assert value(samples, "steadyserve_requests_failed_total", error="ValueError", **gen) == 1
     # the routes' API: unknown model names collapse to ""
     metrics.add_tokens("not-a-model", prompt=2, completion=1)
-    samples = scrape_text(generate_latest(metrics.registry).decode())
+    samples = scrape_text(generate_latest(metrics.prometheus).decode())
     assert value(samples, "steadyserve_prompt_tokens_total", model="") == 2
     # separate apps have separate registries
-    assert Metrics(registry).registry is not metrics.registry
+    assert Metrics(registry).prometheus is not metrics.prometheus
 
 
 def test_routes_can_name_the_model_of_a_request() -> None:
     """``ctx.metrics.label_model(request, model)`` (OpenAI routes: the model is in the body)."""
-    registry = Registry(EngineConfig(), [ModelSpec(name="body-model", kind="custom")])
+    registry = Registry(EngineConfig(), [ModelSpec(name="body-model", runtime="custom")])
     ctx = ServerContext(settings=build_settings({}, environ={}), registry=registry)
     app = build_app(ctx)
     router = APIRouter()

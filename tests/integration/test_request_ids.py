@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from steadyserve.engine.client import EngineConfig
+from steadyserve.config import EngineConfig
 from steadyserve.registry import Registry
 from steadyserve.settings import build_settings
 from steadyserve.transport.context import ServerContext

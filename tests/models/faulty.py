@@ -12,6 +12,7 @@ predict instances (strings):
   anything else  -> echoed back upper-cased
 generate: prompt text "raise-after:N" fails after N tokens, "crash-after:N" kills the worker,
 "slow" emits a token every 50 ms, otherwise emits max_tokens tokens then finishes.
+load: waits while the file FAULTY_LOAD_GATE names exists (at most 60 s).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class Faulty(steadyserve.Model):
         delay = float(self.options.get("load_delay", 0) or os.environ.get("FAULTY_LOAD_DELAY", 0))
         if delay:
             time.sleep(delay)
+        gate = os.environ.get("FAULTY_LOAD_GATE")
+        deadline = time.monotonic() + 60
+        while gate and os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.02)  # a test holds this (re)load until it removes the file
         if os.environ.get("FAULTY_FAIL_LOAD"):
             raise RuntimeError("load failed on purpose")
         self.batches: list[int] = []

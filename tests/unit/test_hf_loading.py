@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from steadyserve.engine.ipc import ModelSpec
+from steadyserve.config import ModelSpec
 from steadyserve.runtimes.huggingface import loading
 from steadyserve.runtimes.huggingface.loading import LoadError
 
@@ -115,7 +115,7 @@ def test_model_max_len() -> None:
 
 
 def _spec(model_dir: str, **kw: object) -> ModelSpec:
-    return ModelSpec(name="m", kind="huggingface", model_dir=model_dir, device="cpu", **kw)  # type: ignore[arg-type]
+    return ModelSpec(name="m", runtime="huggingface", model_dir=model_dir, device="cpu", **kw)  # type: ignore[arg-type]
 
 
 def test_load_infers_task_and_prefers_safetensors(tiny_bert_cls_dir: str) -> None:

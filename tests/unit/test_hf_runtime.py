@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
+from steadyserve.config import ModelSpec
 from steadyserve.engine.bridge import predictions_to_infer
-from steadyserve.engine.ipc import ModelSpec
 from steadyserve.errors import InvalidInput
 from steadyserve.runtimes.huggingface import HuggingFaceModel
 from steadyserve.runtimes.huggingface.tasks import mean_pool, texts_from_instances
@@ -21,7 +21,7 @@ _CACHE: dict[str, HuggingFaceModel] = {}
 def _model(model_dir: str, **kw: Any) -> HuggingFaceModel:
     key = f"{model_dir}{sorted(kw.items())}"
     if key not in _CACHE:
-        spec = ModelSpec(name="m", kind="huggingface", model_dir=model_dir, device="cpu", **kw)
+        spec = ModelSpec(name="m", runtime="huggingface", model_dir=model_dir, device="cpu", **kw)
         model = HuggingFaceModel.from_spec(spec)
         model.load()
         _CACHE[key] = model

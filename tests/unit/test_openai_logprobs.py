@@ -9,14 +9,15 @@ from typing import Any
 
 import pytest
 
+from steadyserve.engine.tokenizer import LoadedTokenizer, load_tokenizer
 from steadyserve.protocol import openai_response as resp
 from steadyserve.transport import openai_serving as serving
 from steadyserve.transport import routes_openai as ro
 from steadyserve.transport.openai_serving import Event
 
 
-def loaded(path: str) -> serving.LoadedTokenizer:
-    return serving._load_tokenizer(path)
+def loaded(path: str) -> LoadedTokenizer:
+    return load_tokenizer(path)
 
 
 class ByteFallbackTokenizer:

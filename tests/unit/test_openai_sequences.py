@@ -26,7 +26,7 @@ class FakeEngine:
         self.fail_after = fail_after
 
     async def generate(
-        self, request: GenerateRequest, timeout_s: float | None = None
+        self, request: GenerateRequest, timeout_s: float | None = None, *, stream: bool = True
     ) -> AsyncIterator[TokenDelta]:
         self.requests.append(request)
         n = request.params.max_tokens

@@ -1,19 +1,22 @@
-"""The engine client: the one narrow interface between the server and a model's worker.
+"""The engine client: one model, as the transports see it (:class:`EngineClient`).
 
-:class:`ModelEngine` lives in the server process (asyncio). It admits requests (bounded queue →
-429; not ready → 503), sends them to the worker, and completes each *exactly once*: with a
-result, an error, a cancellation (the caller's task was cancelled → ``Abort`` to the worker),
-a deadline (504, ``Abort``) or a worker failure (503). It also supervises the worker process:
-restart with backoff on crash, kill on hang, readiness and liveness that tell the truth.
+:class:`WorkerClient` lives in the server process (asyncio). It admits requests (bounded queue
+→ 429; not ready → 503), sends them to the model's worker, and completes each *exactly once*:
+with a result, an error, a cancellation (the caller's task was cancelled → ``Abort`` to the
+worker), a deadline (504, ``Abort``) or a worker failure (503). It *owns* a
+:class:`~steadyserve.engine.supervisor.WorkerSupervisor` (the worker's process lifecycle:
+restart, hang, readiness) and receives, as its :class:`WorkerSink`, the request messages and
+the loss of a worker.
 
-Transports call only ``predict``, ``infer``, ``embed``, ``generate``, ``info`` and the
-readiness/liveness properties; nothing framework-specific crosses this boundary.
+Generation output is handled per engine step, not per token: a ``Deltas`` message (one per
+step, every running sequence in it) is filed under each request and its metrics observed
+(typed :mod:`~steadyserve.engine.events`) in one pass; a streaming reader is woken once per
+step, a non-streaming one once, when its sequence ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -21,8 +24,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from steadyserve.engine import ipc
-from steadyserve.engine.supervisor import EngineConfig, State, WorkerSupervisor
+from steadyserve.config import EngineConfig, ModelSpec
+from steadyserve.engine import events, ipc
+from steadyserve.engine.events import EngineEvent, Listener
+from steadyserve.engine.protocol import Health
+from steadyserve.engine.supervisor import Launcher, State, WorkerSupervisor, spawn_subprocess
+from steadyserve.engine.tokenizer import LoadedTokenizer, TokenizerSlot
 from steadyserve.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -54,31 +61,45 @@ MAX_UNREAD_DELTAS = 4096
 STREAM_STALL_S = 1.0
 
 
-@dataclass
-class _Pending:
-    kind: str
+@dataclass(eq=False)
+class _Unary:
+    """A predict/infer/embed request in flight."""
+
+    future: asyncio.Future[Any]
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """A generate request in flight: its output so far, and how to wake its reader."""
+
     tokens: int
-    future: asyncio.Future[Any] | None = None
-    queue: asyncio.Queue[TokenDelta | BaseException] | None = None
-    started: float = field(default_factory=time.monotonic)
-    #: when the stream's reader last took a delta (generate only)
+    stream: bool
+    started: float
+    #: deltas (the final one included) or the error that ends it, not yet taken by the reader
+    out: list[TokenDelta | BaseException] = field(default_factory=list)
+    waiter: asyncio.Future[None] | None = None
+    #: when the step output last arrived (the metrics' inter-token gaps)
+    last_output: float = 0.0
+    prompt_seen: bool = False
+    #: when the reader last took output
     last_read: float = field(default_factory=time.monotonic)
 
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
-class ModelEngine(WorkerSupervisor):
-    """One model: its worker process, its admission queue, its readiness."""
 
-    def __init__(self, spec: ipc.ModelSpec, config: EngineConfig) -> None:
+class WorkerClient:
+    """One model served by a supervised worker process (implements :class:`EngineClient`)."""
+
+    def __init__(
+        self, spec: ModelSpec, config: EngineConfig, launcher: Launcher = spawn_subprocess
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.config = config
-        self.state = State.STOPPED
-        self.info: ModelInfo | None = None
-        self.last_error: str | None = None
-        self.consecutive_crashes = 0
-        self.restarts = 0
-        self.worker_stats: dict[str, int] = {"running": 0, "queued": 0}
-        self._pending: dict[int, _Pending] = {}
+        self.supervisor = WorkerSupervisor(spec, config, self, launcher)
+        self._pending: dict[int, _Unary | _Sequence] = {}
         #: generate() streams still open (their response not yet fully read): admission counts
         #: them until then, even after the worker finished generating
         self._streams: set[int] = set()
@@ -86,112 +107,157 @@ class ModelEngine(WorkerSupervisor):
         #: Result/Failed messages received for predict/infer/embed (the batching hint)
         self._unary_results = 0
         self._ids = itertools.count(1)
-        self._init_supervision()
+        self.worker_stats: dict[str, int] = {"running": 0, "queued": 0}
         #: set on SIGTERM: readiness fails and new requests get 503 while in-flight ones finish.
         self.draining = False
-        self._served_since_start = 0
-        self._load_error: str | None = None
-        #: observers (metrics): called with (event, **fields)
-        self.listeners: list[Any] = []
+        #: observers (metrics): called as ``listener(client, event)``
+        self.listeners: list[Listener] = []
+        self._tokenizer = TokenizerSlot(spec.name)
 
     # ---- status --------------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        return self.supervisor.state
+
+    @property
+    def info(self) -> ModelInfo | None:
+        return self.supervisor.info
+
+    @property
+    def last_error(self) -> str | None:
+        return self.supervisor.last_error
+
+    @property
+    def restarts(self) -> int:
+        return self.supervisor.restarts
+
     @property
     def ready(self) -> bool:
         return self.state == State.READY and self.info is not None and not self.draining
 
     @property
     def live(self) -> bool:
-        return self.consecutive_crashes < self.config.max_consecutive_crashes
+        return self.supervisor.consecutive_crashes < self.config.max_consecutive_crashes
 
     @property
     def in_flight(self) -> int:
         return len(self._pending)
 
-    @property
-    def _in_flight(self) -> int:
-        return len(self._pending)
+    def health(self) -> Health:
+        sup = self.supervisor
+        return Health(self.state, self.ready, self.live, sup.last_exit, sup.restarts)
 
     def stats(self) -> dict[str, Any]:
         """What ``/debug/engine`` and the scrape-time gauges show. ``worker_running`` /
         ``worker_queued``: generation from the worker's last heartbeat, plus predict/infer/embed
         requests - those in the batch the worker said it started (``Busy``) run, the rest of the
         server's unary requests in flight wait (in the worker's queue or on their way to it)."""
-        unary = sum(1 for p in self._pending.values() if p.future is not None)
-        busy = min(self._busy_requests, unary)
+        unary = sum(1 for p in self._pending.values() if isinstance(p, _Unary))
+        busy = min(self.supervisor.busy_requests, unary)
+        proc = self.supervisor.proc
         return {
-            "state": self.state,
+            "state": str(self.state),
             "in_flight": len(self._pending),
             "streams_open": len(self._streams),
             "queued_tokens": self._queued_tokens,
             "worker_running": self.worker_stats.get("running", 0) + busy,
             "worker_queued": self.worker_stats.get("queued", 0) + unary - busy,
             "restarts": self.restarts,
-            "consecutive_crashes": self.consecutive_crashes,
+            "consecutive_crashes": self.supervisor.consecutive_crashes,
             "last_error": self.last_error,
-            "pid": self._proc.pid if self._proc is not None else None,
+            "pid": proc.pid if proc is not None else None,
         }
 
-    def _emit(self, event: str, **fields: Any) -> None:
+    # ---- lifecycle (the supervisor's) -------------------------------------------------------
+    async def start(self) -> None:
+        await self.supervisor.start()
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        await self.supervisor.stop(grace_s)
+
+    @property
+    def on_give_up(self) -> Any:
+        return self.supervisor.on_give_up
+
+    @on_give_up.setter
+    def on_give_up(self, hook: Any) -> None:
+        self.supervisor.on_give_up = hook
+
+    # ---- tokenizer -------------------------------------------------------------------------
+    async def tokenizer(self) -> LoadedTokenizer | None:
+        info = self.info
+        if info is None or not info.tokenizer_dir:
+            return None
+        return await self._tokenizer.get((self.restarts, info.tokenizer_dir), info.tokenizer_dir)
+
+    # ---- WorkerSink: what the worker's messages mean for requests ----------------------------
+    def on_event(self, event: EngineEvent) -> None:
+        if isinstance(event, events.Ready):
+            info = self.info
+            if info is not None and info.tokenizer_dir:  # loaded now, not on the first request
+                self._tokenizer.warm((self.restarts, info.tokenizer_dir), info.tokenizer_dir)
         for listener in self.listeners:
             try:
-                listener(self, event, **fields)
+                listener(self, event)
             except Exception:  # pragma: no cover - observers never break serving
                 log.exception("engine listener failed")
 
-    def _dispatch(self, msg: ipc.ToServer) -> None:
-        if isinstance(msg, ipc.Busy):
-            self._busy_rows, self._busy_requests = msg.rows, msg.requests
-            return
-        self._busy_rows = self._busy_requests = 0
+    def on_message(self, msg: ipc.ToServer) -> None:
         if isinstance(msg, ipc.Deltas):
-            for rid, seconds in msg.started:
-                if rid in self._pending:
-                    self._emit("queue_wait", seconds=seconds)
-            for rid, delta in msg.items:
-                pending = self._pending.get(rid)
-                if pending is None or pending.queue is None:
-                    continue
-                if delta.finish_reason is not None:
-                    self._finish(rid, delta)
-                elif (
-                    pending.queue.qsize() >= MAX_UNREAD_DELTAS
-                    and time.monotonic() - pending.last_read > STREAM_STALL_S
-                ):
-                    self._abort(rid, "aborted")
-                    pending.queue.put_nowait(
-                        InvalidInput(
-                            f"the client did not read its stream ({MAX_UNREAD_DELTAS} events "
-                            "unread); generation was stopped"
-                        )
-                    )
-                else:
-                    pending.queue.put_nowait(delta)
+            self._on_deltas(msg)
         elif isinstance(msg, ipc.Result):
             self._unary_results += 1
             if msg.id in self._pending:
-                self._emit("queue_wait", seconds=msg.queue_s)
-            self._finish(msg.id, msg.predict or msg.infer or msg.embed)
+                self.on_event(events.QueueWait(msg.queue_s))
+            self._finish(msg.id, msg.output.response)
         elif isinstance(msg, ipc.Failed):
-            failed = self._pending.get(msg.id)
-            if failed is not None and failed.kind != "generate":
+            if isinstance(self._pending.get(msg.id), _Unary):
                 self._unary_results += 1
-            self._finish(msg.id, from_kind(msg.kind, msg.message))
+            self._finish(msg.id, from_kind(msg.error, msg.message))
         elif isinstance(msg, ipc.Heartbeat):
             self.worker_stats = {"running": msg.running, "queued": msg.queued, **msg.stats}
-        elif isinstance(msg, ipc.Ready):
-            self.info = msg.info
-            self.state = State.READY
-            self._ever_ready = True
-            self._ready_this_run = True
-            self.last_error = None
-            self._ready_event.set()
-            log.info("model %s is ready (%s)", self.name, ", ".join(msg.info.capabilities))
-            self._emit("ready")
-        elif isinstance(msg, ipc.LoadFailed):
-            self._load_error = msg.message
-            log.error("model %s: load failed: %s", self.name, msg.message)
-        elif isinstance(msg, ipc.Progress):
-            log.info("model %s: %s", self.name, msg.message)
+
+    def on_worker_lost(self, error: SteadyError) -> None:
+        for rid in list(self._pending):
+            self._finish(rid, error)
+
+    def _on_deltas(self, msg: ipc.Deltas) -> None:
+        """One engine step: file each sequence's delta, observe its metrics, wake readers."""
+        now = time.monotonic()
+        for rid, seconds in msg.started:
+            if rid in self._pending:
+                self.on_event(events.QueueWait(seconds))
+        for rid, delta in msg.items:
+            seq = self._pending.get(rid)
+            if not isinstance(seq, _Sequence):
+                continue
+            first = seq.last_output == 0.0
+            n = len(delta.token_ids)
+            if first or n:  # a final delta with no tokens is not a gap between tokens
+                prompt = None if seq.prompt_seen else delta.prompt_tokens
+                seq.prompt_seen = seq.prompt_seen or delta.prompt_tokens is not None
+                gap = now - (seq.started if first else seq.last_output)
+                self.on_event(events.Tokens(first, gap, n, prompt))
+                seq.last_output = now
+            if delta.finish_reason is not None:
+                self._finish(rid, delta)
+            elif (
+                seq.stream
+                and len(seq.out) >= MAX_UNREAD_DELTAS
+                and now - seq.last_read > STREAM_STALL_S
+            ):
+                self._abort(rid, events.Aborted())
+                seq.out.append(
+                    InvalidInput(
+                        f"the client did not read its stream ({MAX_UNREAD_DELTAS} events "
+                        "unread); generation was stopped"
+                    )
+                )
+                seq.wake()
+            else:
+                seq.out.append(delta)
+                if seq.stream:
+                    seq.wake()
 
     # ---- completion (exactly once) -------------------------------------------------------
     def _finish(self, rid: int, outcome: Any) -> bool:
@@ -200,60 +266,56 @@ class ModelEngine(WorkerSupervisor):
         pending = self._pending.pop(rid, None)
         if pending is None:
             return False
-        self._queued_tokens -= pending.tokens
         if isinstance(outcome, BaseException):
-            self._emit("failed", error=outcome)
+            self.on_event(events.Failed(outcome))
         else:
-            self._served_since_start += 1
-            if self._served_since_start == 1 and self.consecutive_crashes:
-                self.consecutive_crashes = 0
-        if pending.future is not None:
+            self.supervisor.served()
+        if isinstance(pending, _Unary):
             if not pending.future.done():
                 if isinstance(outcome, BaseException):
                     pending.future.set_exception(outcome)
                 else:
                     pending.future.set_result(outcome)
-        elif pending.queue is not None:
-            pending.queue.put_nowait(outcome)
+        else:
+            self._queued_tokens -= pending.tokens
+            pending.out.append(outcome)
+            pending.wake()
         return True
 
     def fail_in_flight(self, error: SteadyError) -> None:
         """End every request in flight with ``error`` and drop them in the worker (shutdown)."""
         for rid in list(self._pending):
-            if self._finish(rid, error) and self._writer is not None:
-                with contextlib.suppress(Exception):
-                    self._writer.write(ipc.frame(ipc.Abort(id=rid)))
+            if self._finish(rid, error):
+                self.supervisor.send(ipc.frame(ipc.Abort(id=rid)))
 
-    def _fail_all(self, error: SteadyError) -> None:
-        for rid in list(self._pending):
-            self._finish(rid, error)
-
-    def _abort(self, rid: int, event: str = "aborted") -> bool:
+    def _abort(self, rid: int, event: EngineEvent) -> bool:
         """The caller left (cancelled, deadline): end the request and tell the worker to drop
         it. Returns False if the request had already ended."""
         pending = self._pending.pop(rid, None)
         if pending is None:
             return False
-        self._queued_tokens -= pending.tokens
-        self._emit(event)
-        if self._writer is not None and not self._writer.is_closing():
-            with contextlib.suppress(Exception):
-                self._writer.write(ipc.frame(ipc.Abort(id=rid)))
+        if isinstance(pending, _Sequence):
+            self._queued_tokens -= pending.tokens
+        self.on_event(event)
+        self.supervisor.send(ipc.frame(ipc.Abort(id=rid)))
         return True
 
     # ---- admission -----------------------------------------------------------------------
-    def _admit(self, kind: str, tokens: int) -> int:
+    def _not_ready(self) -> ServiceUnavailable:
         if self.draining:
-            raise ServiceUnavailable(
+            return ServiceUnavailable(
                 f"model {self.name} is draining (shutting down)", retry_after=5
             )
-        if self.state != State.READY or self._writer is None:
-            if self.state in (State.STOPPING, State.STOPPED):
-                raise ServiceUnavailable(f"model {self.name} is not serving", retry_after=5)
-            detail = f" ({self.last_error})" if self.last_error else ""
-            raise ServiceUnavailable(
-                f"model {self.name} is not ready: {self.state}{detail}", retry_after=1
-            )
+        if self.state in (State.STOPPING, State.STOPPED):
+            return ServiceUnavailable(f"model {self.name} is not serving", retry_after=5)
+        detail = f" ({self.last_error})" if self.last_error else ""
+        return ServiceUnavailable(
+            f"model {self.name} is not ready: {self.state}{detail}", retry_after=1
+        )
+
+    def _admit(self, tokens: int) -> int:
+        if self.draining or self.state != State.READY or self.supervisor.writer is None:
+            raise self._not_ready()
         admitted = len(self._pending) + len(self._streams.difference(self._pending))
         if admitted >= self.config.max_queue_size:
             raise QueueFull(
@@ -273,18 +335,16 @@ class ModelEngine(WorkerSupervisor):
                 f"(max_queue_tokens={self.config.max_queue_tokens})",
                 retry_after=1,
             )
-        rid = next(self._ids)
-        self._queued_tokens += tokens
-        return rid
+        return next(self._ids)
 
-    def _submit_frame(self, message: ipc.Submit, tokens: int) -> bytes:
+    @staticmethod
+    def _encode(message: ipc.Submit) -> bytes:
         """The request's IPC frame. Encoded *before* the request is registered: a payload the
         codec cannot carry (text that is not valid Unicode, an integer beyond 64 bits) is the
         client's 400 and must not leave a pending slot behind."""
         try:
             return ipc.frame(message)
         except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
-            self._queued_tokens -= tokens
             reason = (
                 "text that is not valid Unicode"
                 if isinstance(exc, UnicodeEncodeError)
@@ -298,120 +358,157 @@ class ModelEngine(WorkerSupervisor):
         default = self.config.request_timeout_s
         return default if timeout_s is None else max(0.0, min(timeout_s, default))
 
-    async def _unary(self, kind: str, payload: Any, timeout_s: float | None) -> Any:
+    async def _unary(
+        self, work: ipc.Predict | ipc.Infer | ipc.Embed, timeout_s: float | None
+    ) -> Any:
         timeout = self._timeout(timeout_s)
-        rid = self._admit(kind, 0)
-        unary = 1 + sum(1 for p in self._pending.values() if p.future is not None)
-        submit = ipc.Submit(
-            id=rid,
-            kind=kind,
-            timeout_s=timeout,
-            in_flight=unary,
-            results_seen=self._unary_results,
-            request_id=request_id_var.get(),
-            **{kind: payload},
+        rid = self._admit(0)
+        unary = 1 + sum(1 for p in self._pending.values() if isinstance(p, _Unary))
+        data = self._encode(
+            ipc.Submit(
+                id=rid,
+                work=work,
+                timeout_s=timeout,
+                in_flight=unary,
+                results_seen=self._unary_results,
+                request_id=request_id_var.get(),
+            )
         )
-        data = self._submit_frame(submit, 0)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending[rid] = _Pending(kind=kind, tokens=0, future=future)
-        assert self._writer is not None
-        self._writer.write(data)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = _Unary(future)
+        self.supervisor.send(data)
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(future)
         except TimeoutError:
-            self._abort(rid, "expired")
+            self._abort(rid, events.Expired())
             raise DeadlineExceeded(f"request did not complete within {timeout:.3g}s") from None
         finally:
             if rid in self._pending:  # cancelled by the caller (client disconnected)
-                self._abort(rid)
+                self._abort(rid, events.Aborted())
 
     async def predict(
         self, request: PredictRequest, timeout_s: float | None = None
     ) -> PredictResponse:
-        result = await self._unary("predict", request, timeout_s)
+        result = await self._unary(ipc.Predict(request), timeout_s)
         assert isinstance(result, PredictResponse)
         return result
 
     async def infer(self, request: InferRequest, timeout_s: float | None = None) -> InferResponse:
-        result = await self._unary("infer", request, timeout_s)
+        result = await self._unary(ipc.Infer(request), timeout_s)
         assert isinstance(result, InferResponse)
         return result
 
     async def embed(self, request: EmbedRequest, timeout_s: float | None = None) -> EmbedResponse:
-        result = await self._unary("embed", request, timeout_s)
+        result = await self._unary(ipc.Embed(request), timeout_s)
         assert isinstance(result, EmbedResponse)
         return result
 
     async def generate(
-        self, request: GenerateRequest, timeout_s: float | None = None
+        self, request: GenerateRequest, timeout_s: float | None = None, *, stream: bool = True
     ) -> AsyncIterator[TokenDelta]:
         """Stream token deltas; the last one carries ``finish_reason``. Closing the iterator
         early (or cancelling the task consuming it) aborts the sequence in the worker.
+        ``stream=False``: the reader is woken once, when the sequence ends, and gets the whole
+        output as one delta (:func:`merge_deltas`): one detokenization, one event.
 
         Use as ``async with contextlib.aclosing(engine.generate(...)) as stream``."""
         timeout = self._timeout(timeout_s)
         prompt_len = len(request.prompt_token_ids or ()) or len(request.prompt or "") // 4
         tokens = prompt_len + request.params.max_tokens
-        rid = self._admit("generate", tokens)
-        data = self._submit_frame(
+        rid = self._admit(tokens)
+        data = self._encode(
             ipc.Submit(
                 id=rid,
-                kind="generate",
+                work=ipc.Generate(request),
                 timeout_s=timeout,
-                generate=request,
                 request_id=request_id_var.get(),
-            ),
-            tokens,
+            )
         )
-        queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
-        entry = self._pending[rid] = _Pending(kind="generate", tokens=tokens, queue=queue)
+        started = time.monotonic()
+        seq = _Sequence(tokens=tokens, stream=stream, started=started)
+        self._pending[rid] = seq
+        self._queued_tokens += tokens
         self._streams.add(rid)
-        assert self._writer is not None
-        self._writer.write(data)
-        started = last = time.monotonic()
+        self.supervisor.send(data)
+        loop = asyncio.get_running_loop()
         deadline = started + timeout
-        first, prompt_seen = True, False
         try:
             while True:
-                remaining = deadline - time.monotonic()
-                try:
-                    async with asyncio.timeout(max(remaining, 0)):
-                        item = await queue.get()
-                    entry.last_read = time.monotonic()
-                except TimeoutError:
-                    self._abort(rid, "expired")
-                    raise DeadlineExceeded(
-                        f"generation did not complete within {timeout:.3g}s"
-                    ) from None
-                if isinstance(item, BaseException):
-                    raise item
-                # metrics: time to first token, inter-token gaps, token counts
-                now = time.monotonic()
-                self._emit(
-                    "first_token" if first else "tokens",
-                    seconds=now - (started if first else last),
-                    tokens=len(item.token_ids),
-                    prompt_tokens=None if prompt_seen else item.prompt_tokens,
-                )
-                first, last = False, now
-                prompt_seen = prompt_seen or item.prompt_tokens is not None
-                yield item
-                if item.finish_reason is not None:
-                    return
+                if not seq.out:
+                    seq.waiter = loop.create_future()
+                    try:
+                        async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                            await seq.waiter
+                    except TimeoutError:
+                        self._abort(rid, events.Expired())
+                        raise DeadlineExceeded(
+                            f"generation did not complete within {timeout:.3g}s"
+                        ) from None
+                    finally:
+                        seq.waiter = None
+                taken, seq.out = seq.out, []
+                seq.last_read = time.monotonic()
+                if not stream:
+                    failure = next((i for i in taken if isinstance(i, BaseException)), None)
+                    if failure is not None:
+                        raise failure
+                    merged = merge_deltas(taken)  # type: ignore[arg-type]
+                    yield merged
+                    if merged.finish_reason is not None:
+                        return
+                    continue
+                for item in taken:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+                    if item.finish_reason is not None:
+                        return
         finally:
             self._streams.discard(rid)
             if rid in self._pending:
-                self._abort(rid)
+                self._abort(rid, events.Aborted())
 
     def require_ready_info(self) -> ModelInfo:
         """Model metadata for edge validation; 503 (with the reason) while not ready."""
         if self.info is None or not self.ready:
-            if self.draining or self.state in (State.STOPPING, State.STOPPED):
-                raise ServiceUnavailable(f"model {self.name} is not serving", retry_after=5)
-            detail = f" ({self.last_error})" if self.last_error else ""
-            raise ServiceUnavailable(
-                f"model {self.name} is not ready: {self.state}{detail}", retry_after=1
-            )
+            raise self._not_ready()
         return self.info
+
+
+def merge_deltas(deltas: list[TokenDelta]) -> TokenDelta:
+    """Consecutive deltas of one sequence as one (token ids, text and logprobs concatenated;
+    the last finish reason, the first prompt count). Logprobs are kept when every delta with
+    tokens has them."""
+    if len(deltas) == 1:
+        return deltas[0]
+    logprobs: list[float] | None = []
+    tops: list[dict[int, float]] | None = []
+    texts: list[str] = []
+    ids: list[int] = []
+    prompt: int | None = None
+    for d in deltas:
+        ids.extend(d.token_ids)
+        if d.text:
+            texts.append(d.text)
+        if prompt is None:
+            prompt = d.prompt_tokens
+        if not d.token_ids:  # a final delta without tokens has no logprobs to add
+            continue
+        if logprobs is not None:
+            logprobs = None if d.logprobs is None else logprobs + d.logprobs
+        if tops is not None:
+            tops = None if d.top_logprobs is None else tops + d.top_logprobs
+    with_text = any(d.text is not None for d in deltas)
+    return TokenDelta(
+        token_ids=ids,
+        text="".join(texts) if with_text else None,
+        logprobs=logprobs if ids else None,
+        top_logprobs=tops if ids else None,
+        finish_reason=deltas[-1].finish_reason,
+        prompt_tokens=prompt,
+    )
+
+
+#: the name this class had before the design pass (branches in flight may still use it)
+ModelEngine = WorkerClient

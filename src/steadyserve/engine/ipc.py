@@ -14,6 +14,7 @@ from typing import Any, Union
 
 import msgspec
 
+from steadyserve.config import ModelSpec
 from steadyserve.types import (
     EmbedRequest,
     EmbedResponse,
@@ -30,40 +31,36 @@ MAX_FRAME = 1 << 31
 _HEADER = struct.Struct(">I")
 
 
-class ModelSpec(msgspec.Struct):
-    """Everything a worker needs to build and load one model."""
-
-    name: str
-    #: "huggingface", "custom" (model_class), or "demo".
-    kind: str
-    model_dir: str | None = None
-    model_id: str | None = None
-    #: hub revisions of model_id (KServe's --model_revision / --tokenizer_revision)
-    revision: str | None = None
-    tokenizer_revision: str | None = None
-    model_class: str | None = None
-    task: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    trust_remote_code: bool = False
-    max_model_len: int | None = None
-    max_batch_size: int = 32
-    max_batch_wait_ms: float = 5.0
-    max_num_seqs: int = 32
-    memory_limit_mb: int | None = None
-    torch_threads: int | None = None
-    compile: bool = False
-    options: dict[str, Any] = {}
-
-
 # ---- server → worker --------------------------------------------------------------------------
 class Load(msgspec.Struct, tag=True):
     spec: ModelSpec
 
 
+class Predict(msgspec.Struct, tag=True):
+    request: PredictRequest
+
+
+class Infer(msgspec.Struct, tag=True):
+    request: InferRequest
+
+
+class Embed(msgspec.Struct, tag=True):
+    request: EmbedRequest
+
+
+class Generate(msgspec.Struct, tag=True):
+    request: GenerateRequest
+
+
+#: the work of one request (a tagged union: exactly one payload, its type is its kind)
+Work = Union[Predict, Infer, Embed, Generate]
+#: the unary kinds (predict/infer/embed: one result each; the dynamic batcher's)
+UNARY = (Predict, Infer, Embed)
+
+
 class Submit(msgspec.Struct, tag=True):
     id: int
-    kind: str  # "predict" | "infer" | "embed" | "generate"
+    work: Work
     timeout_s: float | None
     #: predict/infer/embed requests the server has in flight for this model, this one included,
     #: and how many unary results it had received from the worker when it sent this: with its
@@ -71,10 +68,6 @@ class Submit(msgspec.Struct, tag=True):
     #: finished; once all of them are queued, no batch-mate is on its way - run, don't wait.
     in_flight: int = 0
     results_seen: int = 0
-    predict: PredictRequest | None = None
-    infer: InferRequest | None = None
-    embed: EmbedRequest | None = None
-    generate: GenerateRequest | None = None
     #: the server's request id (X-Request-ID), for the worker's log lines about this request
     request_id: str | None = None
 
@@ -96,13 +89,26 @@ class LoadFailed(msgspec.Struct, tag=True):
     message: str
 
 
+class Predicted(msgspec.Struct, tag=True):
+    response: PredictResponse
+
+
+class Inferred(msgspec.Struct, tag=True):
+    response: InferResponse
+
+
+class Embedded(msgspec.Struct, tag=True):
+    response: EmbedResponse
+
+
+Output = Union[Predicted, Inferred, Embedded]
+
+
 class Result(msgspec.Struct, tag=True):
     id: int
+    output: Output
     #: seconds the request waited in the worker's queue before its batch started
     queue_s: float = 0.0
-    predict: PredictResponse | None = None
-    infer: InferResponse | None = None
-    embed: EmbedResponse | None = None
 
 
 class Deltas(msgspec.Struct, tag=True):
@@ -115,7 +121,7 @@ class Deltas(msgspec.Struct, tag=True):
 
 class Failed(msgspec.Struct, tag=True):
     id: int
-    kind: str  # errors.SteadyError subclass name
+    error: str  # errors.SteadyError subclass name
     message: str
 
 

@@ -23,23 +23,29 @@ from typing import Any
 
 import msgspec
 
+from steadyserve.config import ModelSpec
 from steadyserve.engine.bridge import infer_to_instances, predictions_to_infer, to_jsonable
 from steadyserve.engine.ipc import (
     Abort,
     BlockingChannel,
     Busy,
     Deltas,
+    Embed,
+    Embedded,
     Failed,
+    Generate,
     Heartbeat,
-    ModelSpec,
+    Infer,
+    Inferred,
+    Predict,
+    Predicted,
     Result,
     Shutdown,
     Submit,
     ToWorker,
 )
-from steadyserve.engine.worker import call_maybe_async
 from steadyserve.errors import DeadlineExceeded, InvalidInput, ModelError, SteadyError, bounded
-from steadyserve.model import GenerationEngine, Model
+from steadyserve.model import BatchGenerator, Model
 from steadyserve.types import (
     EmbedRequest,
     EmbedResponse,
@@ -52,6 +58,18 @@ from steadyserve.types import (
 log = logging.getLogger("steadyserve.worker")
 
 HEARTBEAT_S = 0.25
+
+
+def call_maybe_async(loop: Any, fn: Any, *args: Any) -> Any:
+    """Call a model method that may be ``async def`` (run on the worker's own loop)."""
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        result = loop.run_until_complete(result)
+    return result
+
+
+def _server_gone() -> None:
+    os._exit(0)
 
 
 @dataclass
@@ -72,7 +90,7 @@ def as_error(exc: BaseException) -> SteadyError:
     return ModelError(bounded(f"{type(exc).__name__}: {exc}"))
 
 
-class IteratorEngine:
+class IteratorGenerator:
     """Drives a model's per-request ``generate`` iterators, one token each per step (fair
     interleaving for custom models without a batched engine)."""
 
@@ -117,8 +135,18 @@ class IteratorEngine:
 
 
 class Scheduler:
-    def __init__(self, model: Model, spec: ModelSpec, channel: BlockingChannel, loop: Any) -> None:
+    def __init__(
+        self,
+        model: Model,
+        spec: ModelSpec,
+        channel: BlockingChannel,
+        loop: Any,
+        on_server_gone: Any = _server_gone,
+    ) -> None:
         self.model = model
+        #: called (on the reader thread) when the server closes the channel; the process
+        #: exits by default (nothing is left to serve)
+        self.on_server_gone = on_server_gone
         self.spec = spec
         self.channel = channel
         self.loop = loop
@@ -129,10 +157,11 @@ class Scheduler:
         self.stopping = False
         #: ids aborted while their batch was running (skipped when a batch is re-run alone)
         self.aborted: set[int] = set()
-        self.engine: GenerationEngine | None = None
+        #: the model's batched generator (or one driving its per-request iterators)
+        self.generator: BatchGenerator | None = None
         caps = model.capabilities()
         if "generate" in caps:
-            self.engine = model.generation_engine() or IteratorEngine(model)
+            self.generator = model.generation_engine() or IteratorGenerator(model)
         self.infer_override = model._overrides("infer")
         self.predict_takes_parameters = _accepts_parameters(model.predict)
         self.last_heartbeat = 0.0
@@ -149,13 +178,13 @@ class Scheduler:
                 self.inbox.put(self.channel.recv())
         except (EOFError, OSError):
             # The server is gone: nothing left to serve. Exit at once.
-            os._exit(0)
+            self.on_server_gone()
         except Exception:
             log.exception("bad frame from server")
             os._exit(4)
 
     def _fail(self, job: Job, exc: BaseException) -> None:
-        if job.msg.kind != "generate":
+        if not isinstance(job.msg.work, Generate):
             self.results_sent += 1
         err = as_error(exc)
         if not isinstance(err, SteadyError) or isinstance(err, ModelError):
@@ -164,7 +193,7 @@ class Scheduler:
                 err.message,
                 extra={"request_id": job.msg.request_id or f"#{job.msg.id}"},
             )
-        self.channel.send(Failed(id=job.msg.id, kind=err.kind, message=err.message))
+        self.channel.send(Failed(id=job.msg.id, error=err.kind, message=err.message))
 
     # ---- main loop -----------------------------------------------------------------------
     def run(self) -> None:
@@ -174,12 +203,12 @@ class Scheduler:
             self._expire()
             if self.pending and self._batch_due():
                 self._run_batch()
-            if self.engine is not None and (self.gen_waiting or self.gen_running):
+            if self.generator is not None and (self.gen_waiting or self.gen_running):
                 self._gen_step()
             now = time.monotonic()
             if now - self.last_heartbeat >= HEARTBEAT_S:
                 self.last_heartbeat = now
-                stats = self.engine.stats() if self.engine is not None else {}
+                stats = self.generator.stats() if self.generator is not None else {}
                 self.channel.send(
                     Heartbeat(
                         running=len(self.gen_running), queued=len(self.gen_waiting), stats=stats
@@ -213,8 +242,8 @@ class Scheduler:
             now = time.monotonic()
             deadline = now + msg.timeout_s if msg.timeout_s is not None else None
             job = Job(msg=msg, arrived=now, deadline=deadline)
-            if msg.kind == "generate":
-                if self.engine is None:
+            if isinstance(msg.work, Generate):
+                if self.generator is None:
                     self._fail(job, InvalidInput("this model does not generate"))
                 else:
                     self.gen_waiting.append(job)
@@ -242,8 +271,8 @@ class Scheduler:
                     return
         if rid in self.gen_running:
             self.gen_running.pop(rid)
-            assert self.engine is not None
-            self.engine.abort(str(rid))
+            assert self.generator is not None
+            self.generator.abort(str(rid))
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -260,26 +289,25 @@ class Scheduler:
     def _classify(self, job: Job) -> None:
         """Decide which requests may share a batch, and how many rows each contributes."""
         msg = job.msg
-        if msg.kind == "predict":
-            assert msg.predict is not None
-            job.data = msg.predict.instances
+        work = msg.work
+        if isinstance(work, Predict):
+            job.data = work.request.instances
             job.rows = len(job.data)
-            job.group = ("predict", msgspec.json.encode(msg.predict.parameters))
-        elif msg.kind == "infer":
-            assert msg.infer is not None
+            job.group = ("predict", msgspec.json.encode(work.request.parameters))
+        elif isinstance(work, Infer):
             if self.infer_override or not self.model.batching:
                 job.group = ("infer-solo", msg.id)
                 return
-            job.data = infer_to_instances(msg.infer)
+            job.data = infer_to_instances(work.request)
             job.rows = len(job.data)
-            job.group = ("predict", msgspec.json.encode(msg.infer.parameters))
-        elif msg.kind == "embed":
-            assert msg.embed is not None
-            job.data = msg.embed.texts if msg.embed.texts is not None else msg.embed.token_ids
+            job.group = ("predict", msgspec.json.encode(work.request.parameters))
+        elif isinstance(work, Embed):
+            req = work.request
+            job.data = req.texts if req.texts is not None else req.token_ids
             job.rows = len(job.data or [])
-            job.group = ("embed", msg.embed.normalize, msg.embed.texts is None)
+            job.group = ("embed", req.normalize, req.texts is None)
         else:
-            raise InvalidInput(f"unknown request kind {msg.kind}")
+            raise InvalidInput(f"unknown request type {type(work).__name__}")
         if not self.model.batching:
             job.group = (job.group, msg.id)
 
@@ -310,14 +338,14 @@ class Scheduler:
         self._execute(batch)
 
     def _execute(self, batch: list[Job]) -> None:
-        kind = batch[0].msg.kind
+        work = batch[0].msg.work
         started = time.monotonic()
         failure: SteadyError | None = None
         self.channel.send(Busy(rows=sum(job.rows for job in batch), requests=len(batch)))
         try:
-            if kind == "infer" and batch[0].group[0] == "infer-solo":
+            if isinstance(work, Infer) and batch[0].group[0] == "infer-solo":
                 results = [self._infer_solo(batch[0])]
-            elif kind == "embed":
+            elif isinstance(work, Embed):
                 results = self._embed(batch)
             else:
                 results = self._predict(batch)
@@ -357,7 +385,7 @@ class Scheduler:
         x = call_maybe_async(self.loop, model.preprocess, instances)
         if self.predict_takes_parameters:
             params = _parameters(batch[0])
-            if batch[0].msg.kind == "infer":
+            if isinstance(batch[0].msg.work, Infer):
                 params = model.infer_parameters(params)
             y = call_maybe_async(self.loop, model.predict, x, params)
         else:
@@ -371,28 +399,29 @@ class Scheduler:
         for job in batch:
             part = y[start : start + job.rows]
             start += job.rows
-            if job.msg.kind == "predict":
-                out.append(
-                    Result(id=job.msg.id, predict=PredictResponse(predictions=to_jsonable(part)))
-                )
+            work = job.msg.work
+            if isinstance(work, Infer):
+                resp = predictions_to_infer(self.model, work.request, part)
+                out.append(Result(id=job.msg.id, output=Inferred(resp)))
             else:
-                assert job.msg.infer is not None
-                resp = predictions_to_infer(self.model, job.msg.infer, part)
-                out.append(Result(id=job.msg.id, infer=resp))
+                response = PredictResponse(predictions=to_jsonable(part))
+                out.append(Result(id=job.msg.id, output=Predicted(response)))
         return out
 
     def _infer_solo(self, job: Job) -> Result:
-        assert job.msg.infer is not None
-        resp = call_maybe_async(self.loop, self.model.infer, job.msg.infer)
+        work = job.msg.work
+        assert isinstance(work, Infer)
+        resp = call_maybe_async(self.loop, self.model.infer, work.request)
         if not isinstance(resp, InferResponse):
             raise ModelError("model.infer must return an InferResponse")
         resp.model_name = self.model.name
-        resp.id = job.msg.infer.id
-        return Result(id=job.msg.id, infer=resp)
+        resp.id = work.request.id
+        return Result(id=job.msg.id, output=Inferred(resp))
 
     def _embed(self, batch: list[Job]) -> list[Result]:
-        head = batch[0].msg.embed
-        assert head is not None
+        work = batch[0].msg.work
+        assert isinstance(work, Embed)
+        head = work.request
         merged: list[Any] = []
         for job in batch:
             merged.extend(job.data)
@@ -410,36 +439,36 @@ class Scheduler:
             part = resp.embeddings[start : start + job.rows]
             start += job.rows
             tokens = resp.prompt_tokens * job.rows // total
-            out.append(
-                Result(id=job.msg.id, embed=EmbedResponse(embeddings=part, prompt_tokens=tokens))
-            )
+            response = EmbedResponse(embeddings=part, prompt_tokens=tokens)
+            out.append(Result(id=job.msg.id, output=Embedded(response)))
         return out
 
     # ---- continuous batching (generate) ------------------------------------------------------
     def _gen_step(self) -> None:
-        engine = self.engine
-        assert engine is not None
+        generator = self.generator
+        assert generator is not None
         joined: list[tuple[int, float]] = []
         while self.gen_waiting and len(self.gen_running) < self.spec.max_num_seqs:
             job = self.gen_waiting.popleft()
             joined.append((job.msg.id, max(0.0, time.monotonic() - job.arrived)))
-            assert job.msg.generate is not None
+            work = job.msg.work
+            assert isinstance(work, Generate)
             try:
-                engine.add(str(job.msg.id), job.msg.generate)
+                generator.add(str(job.msg.id), work.request)
             except Exception as exc:  # noqa: BLE001 - bad request fails alone
                 self._fail(job, exc)
                 continue
             self.gen_running[job.msg.id] = job
-        if not engine.has_work():
+        if not generator.has_work():
             return
         try:
-            results = engine.step()
+            results = generator.step()
         except Exception as exc:  # noqa: BLE001
             log.error("generation step failed:\n%s", traceback.format_exc())
             for job in list(self.gen_running.values()):
                 self._fail(job, exc)
             self.gen_running.clear()
-            engine.reset()
+            generator.reset()
             return
         items: list[tuple[int, TokenDelta]] = []
         for rid_s, item in results:
@@ -470,9 +499,7 @@ def _accepts_parameters(fn: Any) -> bool:
 
 
 def _parameters(job: Job) -> dict[str, Any]:
-    msg = job.msg
-    if msg.predict is not None:
-        return dict(msg.predict.parameters)
-    if msg.infer is not None:
-        return dict(msg.infer.parameters)
+    work = job.msg.work
+    if isinstance(work, (Predict, Infer)):
+        return dict(work.request.parameters)
     return {}

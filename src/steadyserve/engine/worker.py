@@ -1,85 +1,32 @@
-"""The model worker process: ``python -m steadyserve.engine.worker --fd N``.
+"""The model worker process: ``python -m steadyserve.engine --fd N``.
 
 It receives a :class:`~steadyserve.engine.ipc.Load` on the inherited socket, builds and loads the
 model, reports :class:`~steadyserve.engine.ipc.Ready` (or ``LoadFailed``) and then runs the
 scheduler until the server says ``Shutdown`` or closes the socket. Model code only ever runs here.
+
+It is started through :mod:`steadyserve.engine.__main__`, so this module is loaded once, under
+its own name (``python -m steadyserve.engine.worker`` would load it twice: as ``__main__`` and
+again when imported). The model is built by the runtime registry (:mod:`steadyserve.runtimes`):
+this module imports no runtime.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import importlib.util
-import inspect
 import logging
 import os
 import signal
 import socket
 import sys
 import traceback
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
-from steadyserve.engine.ipc import BlockingChannel, Load, LoadFailed, ModelSpec, Progress, Ready
+from steadyserve.config import ModelSpec
+from steadyserve.engine.ipc import BlockingChannel, Load, LoadFailed, Progress, Ready
+from steadyserve.engine.scheduler import Scheduler, call_maybe_async
 from steadyserve.errors import bounded
-from steadyserve.model import Model
+from steadyserve.runtimes import TRANSFORMERS_RUNTIMES, build_model
 
 log = logging.getLogger("steadyserve.worker")
-
-
-def load_class(ref: str) -> type[Model]:
-    """Import ``path/to/file.py:Class`` or ``package.module:Class``."""
-    target, _, class_name = ref.rpartition(":")
-    if target.endswith(".py") or os.sep in target:
-        path = Path(target).resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"model class file not found: {target}")
-        module_name = f"steadyserve_user_{path.stem}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot import {target}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        sys.path.insert(0, str(path.parent))
-        spec.loader.exec_module(module)
-    else:
-        # The worker runs with a safe sys.path (no current directory in front: a stray
-        # ``triton.py`` there must not replace an installed package). A module given by name
-        # may still live in the directory the server was started from: look there last, and
-        # for this import only.
-        cwd = os.getcwd()
-        sys.path.append(cwd)
-        try:
-            module = importlib.import_module(target)
-        finally:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(cwd)
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise ImportError(f"{target} has no attribute {class_name}")
-    if not (isinstance(cls, type) and issubclass(cls, Model)):
-        raise TypeError(f"{ref} is not a subclass of steadyserve.Model")
-    return cls
-
-
-def build_model(spec: ModelSpec) -> Model:
-    """Construct (not load) the model a spec describes."""
-    if spec.kind == "custom":
-        assert spec.model_class is not None
-        cls = load_class(spec.model_class)
-        return cls(spec.name, spec.model_dir, **spec.options)
-    if spec.kind in ("huggingface", "demo"):
-        from steadyserve.runtimes.huggingface import HuggingFaceModel
-
-        return HuggingFaceModel.from_spec(spec)
-    raise ValueError(f"unknown model kind {spec.kind!r}")
-
-
-def call_maybe_async(loop: Any, fn: Any, *args: Any) -> Any:
-    result = fn(*args)
-    if inspect.isawaitable(result):
-        result = loop.run_until_complete(result)
-    return result
 
 
 def _set_limits(spec: ModelSpec) -> None:
@@ -88,7 +35,7 @@ def _set_limits(spec: ModelSpec) -> None:
 
         limit = spec.memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    if spec.torch_threads or spec.kind in ("huggingface", "demo"):
+    if spec.torch_threads or spec.runtime != "custom":  # the runtimes all run torch
         import torch
 
         from steadyserve.cpus import detect
@@ -110,8 +57,6 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import asyncio
-
     argv = sys.argv[1:] if argv is None else argv
     fd = int(argv[argv.index("--fd") + 1])
     fmt = os.environ.get("STEADYSERVE_WORKER_LOG_FORMAT", "text")
@@ -127,7 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
-    channel = BlockingChannel(socket.socket(fileno=fd))
+    return serve(BlockingChannel(socket.socket(fileno=fd)))
+
+
+def serve(
+    channel: BlockingChannel, on_server_gone: Callable[[Scheduler], None] | None = None
+) -> int:
+    """Load the model the server's ``Load`` names, report ``Ready`` and serve until told to
+    stop; returns the exit code. ``on_server_gone`` replaces the default reaction to a closed
+    channel (the process exits at once) - tests run a worker in a thread with it."""
+    import asyncio
+
     try:
         first = channel.recv()
     except EOFError:
@@ -136,14 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         channel.send(LoadFailed(message="protocol error: expected Load"))
         return 3
     spec = first.spec
-    if spec.kind in ("huggingface", "demo"):
+    if spec.runtime in TRANSFORMERS_RUNTIMES:
         from steadyserve.logs import adopt_transformers_logging
 
         adopt_transformers_logging()
     loop = asyncio.new_event_loop()
     try:
         _set_limits(spec)
-        channel.send(Progress(message=f"loading {spec.name} ({spec.kind})"))
+        channel.send(Progress(message=f"loading {spec.name} ({spec.runtime})"))
         model = build_model(spec)
         call_maybe_async(loop, model.load)
         model.ready = True
@@ -153,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         channel.send(LoadFailed(message=bounded(f"{type(exc).__name__}: {exc}")))
         return 3
     channel.send(Ready(info=info))
-    from steadyserve.engine.scheduler import Scheduler
-
-    Scheduler(model, spec, channel, loop).run()
+    scheduler = Scheduler(model, spec, channel, loop)
+    if on_server_gone is not None:
+        scheduler.on_server_gone = lambda: on_server_gone(scheduler)
+    scheduler.run()
     try:
         call_maybe_async(loop, model.unload)
     except Exception:
@@ -163,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The process entry point (``python -m steadyserve.engine``)."""
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -6,6 +6,13 @@ character, and decoding it alone gives ``"\\ufffd"``. Like vLLM, it decodes a sm
 recent tokens twice (before and after the new ones) and emits the difference only once it no
 longer ends in a replacement character.
 
+Why not ``tokenizers.decoders.DecodeStream`` (tokenizers >= 0.21, installed here): it serves only
+fast tokenizers (``tokenizers.Tokenizer``; a slow ``PreTrainedTokenizer`` has none), and it never
+hands out the bytes still pending at the end of a sequence - there is no ``flush``. Ours ends a
+sequence with what ``decode`` of the whole output gives (a trailing ``\ufffd`` included), so a
+streamed text is exactly the non-streamed one; and it works through the ``Decoder`` protocol
+below, for any tokenizer a runtime brings.
+
 :class:`StopMatcher` watches the generated text for stop strings. It holds back the last
 ``len(longest stop) - 1`` characters (they might be the start of a stop string that the next
 token completes), and on a match it truncates the text *before* the stop string.

@@ -30,9 +30,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from steadyserve.errors import Unauthorized
 from steadyserve.transport.http import error_response
 
-#: paths open without a key unless ``auth_health`` is set: liveness, readiness, server
-#: metadata and the Prometheus scrape.
-OPEN_PATHS = frozenset({"/", "/v2", "/v2/health/live", "/v2/health/ready", "/metrics"})
+#: paths open without a key unless ``auth_health`` is set: liveness, readiness (TorchServe's
+#: ``/ping`` too), server metadata and the Prometheus scrape.
+OPEN_PATHS = frozenset(
+    {"/", "/v2", "/v2/health/live", "/v2/health/ready", "/metrics", "/ping"}  # /ping: TorchServe
+)
 
 _MISSING = "missing API key: send 'Authorization: Bearer <key>'"
 _WRONG = "invalid API key"

@@ -17,5 +17,3 @@ class ServerContext:
     started: float = field(default_factory=time.time)
     #: Prometheus metrics (transport.metrics.Metrics) when enabled.
     metrics: Any = None
-    #: Tokenizers / chat state per model for the OpenAI routes (protocol.openai owns the type).
-    openai_state: dict[str, Any] = field(default_factory=dict)

@@ -101,6 +101,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
         routes_admin,
         routes_openai,
         routes_repository,
+        routes_torchserve,
         routes_v1,
         routes_v2,
     )
@@ -141,5 +142,6 @@ def build_app(ctx: ServerContext) -> FastAPI:
     app.include_router(routes_admin.build_router(ctx))
     app.include_router(routes_openai.build_router(ctx))
     app.include_router(routes_repository.build_router(ctx))
+    app.include_router(routes_torchserve.build_router(ctx))
     middleware.install(app, ctx)
     return app

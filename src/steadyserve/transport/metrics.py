@@ -12,7 +12,7 @@ name                                        type       labels / meaning
 ``request_duration_seconds``                histogram  method, route, model: end to end, until
                                                        the last body byte (streams included)
 ``queue_wait_seconds``                      histogram  model: admission → start of work, fed by
-                                                       the engine event ``queue_wait`` (seconds=);
+                                                       the engine event ``QueueWait``;
                                                        empty until the worker reports queue time
 ``time_to_first_token_seconds``             histogram  model: admission → first token (streams)
 ``inter_token_latency_seconds``             histogram  model: gap between tokens (streams)
@@ -39,11 +39,11 @@ API for the routes (the OpenAI routes in particular)::
 
 Time to first token, inter-token latency and completion tokens are recorded for every
 ``engine.generate`` stream (the OpenAI routes: continuous batching) by an engine listener
-(events ``first_token`` / ``tokens``), so the routes need not time streams themselves. V1
+(typed :mod:`steadyserve.engine.events`, one ``Tokens`` per request and engine step, timed when
+the step reached the server), so the routes need not time streams themselves. V1
 ``:predict`` / V2 ``infer`` on a generative model run one batched ``generate()`` in the dynamic
-batcher and are seen in the request metrics only; ``observe_ttft`` /
-``observe_itl`` / ``add_tokens`` exist for token work that does not go through
-``engine.generate`` (e.g. prompt tokens counted by a tokenizer in the server process).
+batcher and are seen in the request metrics only; ``add_tokens`` exists for token work that
+does not go through ``engine.generate``.
 ``ctx.metrics`` is ``None`` when the app was built without :func:`middleware.install`.
 """
 
@@ -57,6 +57,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from steadyserve.engine import events
+from steadyserve.engine.events import EngineEvent
+from steadyserve.engine.protocol import EngineClient
 from steadyserve.registry import Registry
 
 log = logging.getLogger("steadyserve.metrics")
@@ -142,9 +145,11 @@ class Metrics:
     """Every metric of one server; thread-compatible (prometheus-client locks internally)."""
 
     def __init__(self, registry: Registry) -> None:
-        self.models = registry
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        #: the models (steadyserve's registry): label values are names it knows
+        self.model_registry = registry
+        #: the Prometheus collector registry served at /metrics
+        self.prometheus = CollectorRegistry(auto_describe=True)
+        r = self.prometheus
         self.requests = Counter(
             f"{PREFIX}_requests",
             "HTTP requests by route template, model and status code.",
@@ -218,7 +223,9 @@ class Metrics:
         """``name`` if the registry knows it (loaded, to be loaded, or unloaded), else ``""``
         (bounded label cardinality: a client cannot invent label values)."""
         if name and (
-            self.models.has(name) or name in self.models.known() or name in self.models.unloaded()
+            self.model_registry.has(name)
+            or name in self.model_registry.known()
+            or name in self.model_registry.unloaded()
         ):
             return name
         return ""
@@ -229,21 +236,12 @@ class Metrics:
         routes: the ``model`` field of the body). ``request`` is a Starlette Request."""
         request.scope[MODEL_SCOPE_KEY] = model
 
-    def observe_ttft(self, model: str, seconds: float) -> None:
-        self.ttft.labels(self.model_label(model)).observe(seconds)
-
-    def observe_itl(self, model: str, seconds: float, tokens: int = 1) -> None:
-        """One gap of ``seconds`` that produced ``tokens`` tokens (observed once per token)."""
-        self._observe_itl(self.model_label(model), seconds, tokens)
-
     def _observe_itl(self, label: str, seconds: float, tokens: int) -> None:
+        """One gap of ``seconds`` that produced ``tokens`` tokens (observed once per token)."""
         child = self.itl.labels(label)
         per_token = seconds / max(tokens, 1)
         for _ in range(max(tokens, 1)):
             child.observe(per_token)
-
-    def observe_queue_wait(self, model: str, seconds: float) -> None:
-        self.queue_wait.labels(self.model_label(model)).observe(seconds)
 
     def add_tokens(self, model: str, *, prompt: int = 0, completion: int = 0) -> None:
         label = self.model_label(model)
@@ -274,32 +272,24 @@ class Metrics:
         if self._on_event not in engine.listeners:
             engine.listeners.append(self._on_event)
 
-    def _on_event(self, engine: Any, event: str, **fields: Any) -> None:
+    def _on_event(self, engine: EngineClient, event: EngineEvent) -> None:
         name = engine.name
-        if event == "restart":
+        if isinstance(event, events.Tokens):
+            if event.first:
+                self.ttft.labels(name).observe(event.seconds)
+            elif event.tokens:  # a final delta with no tokens is not a gap between tokens
+                self._observe_itl(name, event.seconds, event.tokens)
+            if event.tokens:
+                self.completion_tokens.labels(name).inc(event.tokens)
+            if event.prompt_tokens:
+                self.prompt_tokens.labels(name).inc(event.prompt_tokens)
+        elif isinstance(event, events.QueueWait):
+            self.queue_wait.labels(name).observe(event.seconds)
+        elif isinstance(event, events.Restarted):
             self.restarts.labels(name).inc()
-        elif event == "aborted":
+        elif isinstance(event, events.Aborted):
             self.cancelled.labels(name).inc()
-        elif event == "expired":
+        elif isinstance(event, events.Expired):
             self.expired.labels(name).inc()
-        elif event == "failed":
-            error = fields.get("error")
-            self.failed.labels(name, type(error).__name__ if error is not None else "").inc()
-        elif event == "first_token":
-            self.ttft.labels(name).observe(float(fields.get("seconds", 0.0)))
-            self._tokens(name, fields)
-        elif event == "tokens":
-            tokens = int(fields.get("tokens") or 0)
-            if tokens:  # a final delta with no tokens is not a gap between tokens
-                self._observe_itl(name, float(fields.get("seconds", 0.0)), tokens)
-            self._tokens(name, fields)
-        elif event == "queue_wait":
-            self.queue_wait.labels(name).observe(float(fields.get("seconds", 0.0)))
-
-    def _tokens(self, name: str, fields: dict[str, Any]) -> None:
-        completion = int(fields.get("tokens") or 0)
-        if completion:
-            self.completion_tokens.labels(name).inc(completion)
-        prompt = fields.get("prompt_tokens")
-        if prompt:
-            self.prompt_tokens.labels(name).inc(int(prompt))
+        elif isinstance(event, events.Failed):
+            self.failed.labels(name, type(event.error).__name__).inc()

@@ -335,7 +335,7 @@ def install(app: FastAPI, ctx: ServerContext) -> None:
         metrics.attach(engine)
 
     async def scrape() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics.prometheus), media_type=CONTENT_TYPE_LATEST)
 
     app.add_api_route("/metrics", scrape, methods=["GET"], include_in_schema=False)
 

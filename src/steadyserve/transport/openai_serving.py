@@ -1,7 +1,8 @@
-"""The OpenAI routes' engine side: tokenizers, running sequences, stop strings, merging.
+"""The OpenAI routes' text side: prompts to tokens, running sequences, stop strings, merging.
 
 Kept apart from the routes so they stay thin. Everything here runs on the server's event loop
-and never blocks it: tokenizers load and run in threads (``asyncio.to_thread``).
+and never blocks it: tokenizers run in threads (``asyncio.to_thread``). The tokenizer itself
+belongs to the engine client (:meth:`EngineClient.tokenizer`).
 """
 
 from __future__ import annotations
@@ -11,151 +12,26 @@ import contextlib
 import functools
 import logging
 import re
-import threading
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from steadyserve.engine.client import ModelEngine
-from steadyserve.errors import InvalidInput, ModelError, SteadyError
+from steadyserve.engine.protocol import EngineClient
+from steadyserve.errors import InvalidInput, SteadyError
 from steadyserve.protocol.detokenize import IncrementalDetokenizer, StopMatcher
 from steadyserve.transport.context import ServerContext
-from steadyserve.types import GenerateRequest, ModelInfo
+from steadyserve.types import GenerateRequest
 
 log = logging.getLogger("steadyserve.openai")
 
 
-# ---- tokenizers (one per model and worker incarnation, loaded once, off the loop) --------------
-
-
-@dataclass(frozen=True)
-class LoadedTokenizer:
-    """A model's tokenizer and what the routes need to know about it, worked out once."""
-
-    tokenizer: Any
-    #: no token covers more characters of text than this (a prompt longer than
-    #: ``max_model_len * max_token_chars`` cannot fit, and is refused before tokenizing)
-    max_token_chars: int
-    #: byte-level BPE (GPT-2 style): a token's string maps back to its bytes
-    byte_level: bool
-
-
-async def tokenizer_for(ctx: ServerContext, engine: ModelEngine, info: ModelInfo) -> Any | None:
-    """The model's tokenizer (``None`` for models without one), loaded once and cached."""
-    loaded = await loaded_tokenizer_for(ctx, engine, info)
-    return loaded.tokenizer if loaded is not None else None
-
-
-async def loaded_tokenizer_for(
-    ctx: ServerContext, engine: ModelEngine, info: ModelInfo
-) -> LoadedTokenizer | None:
-    """The model's :class:`LoadedTokenizer` (``None`` for models without one), loaded once and
-    cached in ``ctx.openai_state`` per model name and worker restart count."""
-    if not info.tokenizer_dir:
-        return None
-    key = f"tokenizer:{engine.name}"
-    version = (engine.restarts, info.tokenizer_dir)
-    cached = ctx.openai_state.get(key)
-    if cached is not None and cached[0] == version:
-        task: asyncio.Future[Any] = cached[1]
-    else:
-        task = asyncio.ensure_future(asyncio.to_thread(_load_tokenizer, info.tokenizer_dir))
-        ctx.openai_state[key] = (version, task)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        if ctx.openai_state.get(key, (None, None))[1] is task:
-            ctx.openai_state.pop(key, None)
-        log.error("could not load the tokenizer of %s: %s", engine.name, exc)
-        raise ModelError(f"could not load the tokenizer of model {engine.name}") from None
-
-
-#: one tokenizer load at a time: transformers' lazy imports are not thread-safe, and several
-#: models turning ready together would otherwise load their tokenizers in parallel threads
-_TOKENIZER_LOAD = threading.Lock()
-
-
-def preload_tokenizer_library() -> threading.Thread:
-    """Import ``transformers`` (1-2 s of CPU under the GIL, torch included) in a background
-    thread now, while the model workers load, instead of when the first model turns ready: a
-    late import stalls the event loop - every request in flight - for that long."""
-
-    def run() -> None:
-        with _TOKENIZER_LOAD:
-            try:
-                import transformers  # noqa: F401
-
-                _ = transformers.AutoTokenizer
-                from steadyserve.logs import adopt_transformers_logging
-
-                adopt_transformers_logging()
-            except Exception:  # pragma: no cover - reported when a tokenizer is loaded
-                log.exception("could not import transformers")
-
-    thread = threading.Thread(target=run, name="preload-transformers", daemon=True)
-    thread.start()
-    return thread
-
-
-def _load_tokenizer(path: str) -> LoadedTokenizer:
-    with _TOKENIZER_LOAD:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    return LoadedTokenizer(tokenizer, max_token_chars(tokenizer), is_byte_level(tokenizer))
-
-
-def max_token_chars(tokenizer: Any) -> int:
-    """The longest token string, added tokens included: an upper bound on the characters of
-    text one token stands for (byte-level BPE: one character per byte; sentencepiece: ``▁`` per
-    space; WordPiece's ``##`` and byte-fallback ``<0xAB>`` over-estimate, which is safe). A
-    WordPiece word with an unknown character is one ``[UNK]``: its ``max_input_chars_per_word``
-    (100) counts too.
-
-    Not a bound for text a tokenizer throws away or folds into one unknown token beyond that
-    (whitespace dropped by a normalizer, a WordPiece word over 100 characters): such a text,
-    longer than the context times this bound in characters, is refused although it has few
-    tokens - never a text of ordinary words."""
-    vocab = tokenizer.get_vocab()
-    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    longest = max((len(t) for t in vocab), default=1)
-    longest = max([longest, *(len(str(getattr(t, "content", t))) for t in added.values())])
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    word = getattr(getattr(backend, "model", None), "max_input_chars_per_word", None)
-    if isinstance(word, int):
-        longest = max(longest, word)
-    return max(1, longest)
-
-
-def is_byte_level(tokenizer: Any) -> bool:
-    """Whether the tokenizer is a byte-level BPE (its decoder or pre-tokenizer is ByteLevel)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return hasattr(tokenizer, "byte_decoder")  # a slow GPT-2 tokenizer
-    from tokenizers import decoders, pre_tokenizers
-
-    return isinstance(backend.decoder, decoders.ByteLevel) or isinstance(
-        backend.pre_tokenizer, pre_tokenizers.ByteLevel
-    )
-
-
 @functools.cache
 def _unicode_to_byte() -> dict[str, int]:
-    """The inverse of GPT-2's ``bytes_to_unicode``: each byte has a printable stand-in."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    chars = {b: b for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in chars:
-            chars[b] = 256 + extra
-            extra += 1
-    return {chr(c): b for b, c in chars.items()}
+    """The inverse of GPT-2's ``bytes_to_unicode`` (each byte's printable stand-in), the table
+    transformers ships."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -281,20 +157,25 @@ class Event:
 
 
 async def run_sequence(
-    engine: ModelEngine,
+    engine: EngineClient,
     seq: SeqSpec,
     tokenizer: Any | None,
     stops: list[str],
     timeout_s: float | None,
+    stream: bool = True,
 ) -> AsyncGenerator[Event, None]:
     """Generate one sequence; detokenize, apply stop strings. Leaving early (stop string,
-    cancellation) closes the engine stream, which aborts the sequence in the worker."""
+    cancellation) closes the engine stream, which aborts the sequence in the worker.
+
+    ``stream=False`` (the caller answers once, at the end): without stop strings, the engine
+    wakes us once, with the whole output - one detokenization. Stop strings are watched per
+    step either way, so that generation stops where the text does."""
     detok = IncrementalDetokenizer(tokenizer, seq.context_ids) if tokenizer is not None else None
     matcher = StopMatcher(stops)
     async with contextlib.aclosing(  # type: ignore[type-var]
-        engine.generate(seq.request, timeout_s)
-    ) as stream:
-        async for delta in stream:
+        engine.generate(seq.request, timeout_s, stream=stream or bool(matcher.stops))
+    ) as stream_:
+        async for delta in stream_:
             if detok is not None:
                 piece = detok.push(delta.token_ids)
                 if delta.finish_reason is not None:

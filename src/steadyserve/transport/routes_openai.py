@@ -19,7 +19,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from steadyserve.engine.client import ModelEngine
+from steadyserve.engine.protocol import EngineClient
+from steadyserve.engine.tokenizer import LoadedTokenizer, preload_tokenizer_library
 from steadyserve.errors import InvalidInput, UnsupportedEndpoint
 from steadyserve.protocol import openai as oa
 from steadyserve.protocol import openai_response as resp
@@ -30,25 +31,22 @@ from steadyserve.protocol.openai_schema import (
     EmbeddingRequest,
     parse,
 )
+from steadyserve.runtimes import TRANSFORMERS_RUNTIMES
 from steadyserve.transport import sse
 from steadyserve.transport.common import cancel_on_disconnect, read_json, request_timeout
 from steadyserve.transport.context import ServerContext
 from steadyserve.transport.openai_serving import (
     Event,
-    LoadedTokenizer,
     SeqSpec,
     apply_chat_template,
     encode,
     error_payload,
     has_chat_template,
-    loaded_tokenizer_for,
     log_prompt,
     merge,
-    preload_tokenizer_library,
     run_sequence,
     token_bytes,
     token_text,
-    tokenizer_for,
 )
 from steadyserve.transport.routes_models import openai_model_card, openai_model_list
 from steadyserve.types import Capability, EmbedRequest, GenerateRequest, ModelInfo, SamplingParams
@@ -66,7 +64,7 @@ class _Job:
         *,
         chat: bool,
         model: str,
-        engine: ModelEngine,
+        engine: EngineClient,
         tokenizer: Any | None,
         seqs: list[SeqSpec],
         stops: list[str],
@@ -97,7 +95,9 @@ class _Job:
     def events(self) -> AsyncGenerator[Event, None]:
         return merge(
             [
-                run_sequence(self.engine, s, self.tokenizer, self.stops, self.timeout_s)
+                run_sequence(
+                    self.engine, s, self.tokenizer, self.stops, self.timeout_s, self.stream
+                )
                 for s in self.seqs
             ]
         )
@@ -180,17 +180,10 @@ def build_router(ctx: ServerContext) -> APIRouter:
     router = APIRouter()
     registry = ctx.registry
 
-    def warm_tokenizer(engine: ModelEngine, event: str, **_: Any) -> None:
-        """Load the tokenizer as soon as a model is ready, not on its first OpenAI request."""
-        if event == "ready" and engine.info is not None and engine.info.tokenizer_dir:
-            task = asyncio.ensure_future(tokenizer_for(ctx, engine, engine.info))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    registry.on_engine.append(lambda engine: engine.listeners.append(warm_tokenizer))
-    if any(spec.kind in ("huggingface", "demo") for spec in registry.known().values()):
+    if any(spec.runtime in TRANSFORMERS_RUNTIMES for spec in registry.known().values()):
         preload_tokenizer_library()
 
-    def model_and_info(request: Request, name: str) -> tuple[ModelEngine, ModelInfo]:
+    def model_and_info(request: Request, name: str) -> tuple[EngineClient, ModelInfo]:
         engine = registry.get(name)
         if ctx.metrics is not None:  # the body names the model: label the request's metrics
             ctx.metrics.label_model(request, name)
@@ -204,7 +197,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
         prompts = plan.prompts
         log_prompt(ctx, "completions", prompts[0] if len(prompts) == 1 else prompts)
         timeout_s = request_timeout(request)
-        loaded = await loaded_tokenizer_for(ctx, engine, info)
+        loaded = await engine.tokenizer()
         tokenizer = loaded.tokenizer if loaded is not None else None
         resolved, lens, echo = await _resolve_prompts(prompts, loaded, info, echo=req.echo)
         max_tokens = [
@@ -237,7 +230,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
         plan = oa.plan_chat(req, info, ctx.settings.allow_request_chat_template)
         messages = plan.messages
         timeout_s = request_timeout(request)
-        loaded = await loaded_tokenizer_for(ctx, engine, info)
+        loaded = await engine.tokenizer()
         if loaded is None:
             raise UnsupportedEndpoint(
                 f"model {info.name} does not support chat completions (no tokenizer); "
@@ -311,7 +304,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
                 param="dimensions",
             )
         counted = 0
-        loaded = await loaded_tokenizer_for(ctx, engine, info)
+        loaded = await engine.tokenizer()
         if token_ids is not None:
             counted = sum(len(t) for t in token_ids)
             lengths = [len(t) for t in token_ids]
