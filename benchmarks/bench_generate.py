@@ -515,7 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hf_cb", action="store_true", help="also time transformers' generate_batch"
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: the worker's default, see steadyserve/cpus.py)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (model and server)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--arrivals", choices=["closed", "wave"], default="closed")
@@ -528,7 +533,10 @@ def main(argv: list[str] | None = None) -> int:
         "--prefill_delay", type=int, default=None, help="engine prefill_delay_steps (default: auto)"
     )
     parser.add_argument(
-        "--server_args", nargs="*", default=[], help="more `steadyserve serve` flags (quote them)"
+        "--server_args",
+        nargs="*",
+        default=[],
+        help="more `steadyserve serve` flags: --server_args='--torch_threads 1'",
     )
     parser.add_argument(
         "--gpu_table",
