@@ -197,6 +197,7 @@ def test_device_follows_the_model(models: dict[str, Any]) -> None:  # noqa: F811
     model = models["gpt2"]
     engine = _engine(model)
     assert engine.device == torch.device("cpu")
+    assert _engine(model, device="cpu").device == torch.device("cpu")
     with pytest.raises(ValueError, match="model is on cpu"):
         _engine(model, device="meta")
     with pytest.raises(ValueError, match="kv_cache"):

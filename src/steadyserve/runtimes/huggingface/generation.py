@@ -83,8 +83,11 @@ class ContinuousBatcher:
         if kv_cache not in ("slots", "dynamic"):
             raise ValueError(f"kv_cache must be 'slots' or 'dynamic', not {kv_cache!r}")
         model_device = _model_device(model)
-        if device is not None and model_device is not None and torch.device(device) != model_device:
-            raise ValueError(f"device={device} but the model is on {model_device}")
+        if device is not None and model_device is not None:
+            want = torch.device(device)  # "cuda" names the model's "cuda:0" too
+            same_index = want.index is None or model_device.index in (None, want.index)
+            if want.type != model_device.type or not same_index:
+                raise ValueError(f"device={device} but the model is on {model_device}")
         self.model = model
         self.config = model.config
         self.encoder_decoder = bool(getattr(self.config, "is_encoder_decoder", False))
