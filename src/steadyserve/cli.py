@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="architecture (default: llama, the demo served with no model argument): "
         + "; ".join(f"{k}: {v}" for k, v in DEMO_ARCHS.items()),
     )
+    from steadyserve.probe.main import add_parser as add_probe_parser
+
+    probe = add_probe_parser(sub)
+    probe.error = _Parser.error.__get__(probe)  # type: ignore[method-assign]
     return parser
 
 
@@ -241,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
+    if args.command == "probe":
+        from steadyserve.probe.main import run as run_probe
+
+        return run_probe(args)
     if args.command == "build-demo":
         from steadyserve.runtimes.huggingface.tiny import ensure_demo_model
 

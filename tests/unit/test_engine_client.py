@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from steadyserve.engine import events
-from steadyserve.engine.client import WorkerClient, _Sequence, merge_deltas
+from steadyserve.engine.client import WorkerClient
+from steadyserve.engine.output import SequenceState, merge_deltas
 from steadyserve.engine.supervisor import ExitReason, State
 from steadyserve.errors import (
     DeadlineExceeded,
@@ -222,13 +223,13 @@ def test_generation_output_is_per_step_with_exact_metrics_and_one_wake_for_non_s
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     wakes: list[bool] = []
-    real_wake = _Sequence.wake
+    real_wake = SequenceState.wake
 
-    def counting_wake(self: _Sequence) -> None:
+    def counting_wake(self: SequenceState) -> None:
         wakes.append(self.waiter is not None and not self.waiter.done())
         real_wake(self)
 
-    monkeypatch.setattr(_Sequence, "wake", counting_wake)
+    monkeypatch.setattr(SequenceState, "wake", counting_wake)
     seen: list[events.EngineEvent] = []
 
     async def test(client: WorkerClient) -> None:

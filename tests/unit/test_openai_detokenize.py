@@ -7,7 +7,12 @@ from typing import Any
 
 import pytest
 
-from steadyserve.protocol.detokenize import REPLACEMENT, IncrementalDetokenizer, StopMatcher
+from steadyserve.engine.detokenize import (
+    REPLACEMENT,
+    IncrementalDetokenizer,
+    StopMatcher,
+    decode_step,
+)
 
 CORPUS = [
     "Hello world, the quick brown fox jumps over the lazy dog.",
@@ -126,3 +131,32 @@ def test_stop_over_detokenized_multibyte_text(tokenizer: Any) -> None:
         if m.stopped:
             break
     assert m.stopped and out == "Grüße "
+
+
+@pytest.mark.parametrize("special", [True, False])
+def test_one_batched_decode_per_step_gives_each_sequence_what_push_gives(
+    tokenizer: Any, special: bool
+) -> None:
+    """``decode_step`` (every sequence of an engine step in one backend call) emits exactly the
+    pieces ``push`` does, sequence by sequence and step by step; special tokens included."""
+    eos = tokenizer.convert_tokens_to_ids("<eos>")
+    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in TEXTS]
+    alone = [IncrementalDetokenizer(tokenizer, skip_special_tokens=special) for _ in seqs]
+    batched = [IncrementalDetokenizer(tokenizer, skip_special_tokens=special) for _ in seqs]
+    for step in range(max(len(s) for s in seqs)):
+        live = [i for i, s in enumerate(seqs) if step < len(s)]
+        want = [alone[i].push([seqs[i][step]]) for i in live]
+        got = decode_step(tokenizer, [(batched[i], [seqs[i][step]]) for i in live])
+        assert got == want
+    for i in range(len(seqs)):
+        assert batched[i].flush() == alone[i].flush()
+
+
+def test_decode_step_without_a_fast_backend_decodes_one_by_one() -> None:
+    class Slow:
+        def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+            return "".join(chr(97 + i) for i in ids)
+
+    detoks = [IncrementalDetokenizer(Slow()), IncrementalDetokenizer(Slow())]
+    assert decode_step(Slow(), [(detoks[0], [0, 1]), (detoks[1], [2])]) == ["ab", "c"]
+    assert decode_step(Slow(), []) == []

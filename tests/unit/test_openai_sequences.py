@@ -26,7 +26,12 @@ class FakeEngine:
         self.fail_after = fail_after
 
     async def generate(
-        self, request: GenerateRequest, timeout_s: float | None = None, *, stream: bool = True
+        self,
+        request: GenerateRequest,
+        timeout_s: float | None = None,
+        *,
+        stream: bool = True,
+        detokenize: Any = None,
     ) -> AsyncIterator[TokenDelta]:
         self.requests.append(request)
         n = request.params.max_tokens

@@ -20,16 +20,26 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from steadyserve.config import EngineConfig, ModelSpec
 from steadyserve.engine import events, ipc
+from steadyserve.engine.detokenize import IncrementalDetokenizer
 from steadyserve.engine.events import EngineEvent, Listener
+from steadyserve.engine.output import (
+    SequenceState,
+    UnaryState,
+    detokenize_step,
+    merge_deltas,
+)
 from steadyserve.engine.protocol import Health
 from steadyserve.engine.supervisor import Launcher, State, WorkerSupervisor, spawn_subprocess
-from steadyserve.engine.tokenizer import LoadedTokenizer, TokenizerSlot
+from steadyserve.engine.tokenizer import (
+    LoadedTokenizer,
+    TokenizerSlot,
+    preload_tokenizer_library,
+)
 from steadyserve.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -39,6 +49,7 @@ from steadyserve.errors import (
     from_kind,
 )
 from steadyserve.logs import request_id_var
+from steadyserve.runtimes import TRANSFORMERS_RUNTIMES
 from steadyserve.types import (
     EmbedRequest,
     EmbedResponse,
@@ -61,34 +72,6 @@ MAX_UNREAD_DELTAS = 4096
 STREAM_STALL_S = 1.0
 
 
-@dataclass(eq=False)
-class _Unary:
-    """A predict/infer/embed request in flight."""
-
-    future: asyncio.Future[Any]
-
-
-@dataclass(eq=False)
-class _Sequence:
-    """A generate request in flight: its output so far, and how to wake its reader."""
-
-    tokens: int
-    stream: bool
-    started: float
-    #: deltas (the final one included) or the error that ends it, not yet taken by the reader
-    out: list[TokenDelta | BaseException] = field(default_factory=list)
-    waiter: asyncio.Future[None] | None = None
-    #: when the step output last arrived (the metrics' inter-token gaps)
-    last_output: float = 0.0
-    prompt_seen: bool = False
-    #: when the reader last took output
-    last_read: float = field(default_factory=time.monotonic)
-
-    def wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-
 class WorkerClient:
     """One model served by a supervised worker process (implements :class:`EngineClient`)."""
 
@@ -99,7 +82,7 @@ class WorkerClient:
         self.name = spec.name
         self.config = config
         self.supervisor = WorkerSupervisor(spec, config, self, launcher)
-        self._pending: dict[int, _Unary | _Sequence] = {}
+        self._pending: dict[int, UnaryState | SequenceState] = {}
         #: generate() streams still open (their response not yet fully read): admission counts
         #: them until then, even after the worker finished generating
         self._streams: set[int] = set()
@@ -152,7 +135,7 @@ class WorkerClient:
         ``worker_queued``: generation from the worker's last heartbeat, plus predict/infer/embed
         requests - those in the batch the worker said it started (``Busy``) run, the rest of the
         server's unary requests in flight wait (in the worker's queue or on their way to it)."""
-        unary = sum(1 for p in self._pending.values() if isinstance(p, _Unary))
+        unary = sum(1 for p in self._pending.values() if isinstance(p, UnaryState))
         busy = min(self.supervisor.busy_requests, unary)
         proc = self.supervisor.proc
         return {
@@ -170,6 +153,8 @@ class WorkerClient:
 
     # ---- lifecycle (the supervisor's) -------------------------------------------------------
     async def start(self) -> None:
+        if self.spec.runtime in TRANSFORMERS_RUNTIMES:
+            preload_tokenizer_library()  # while the worker loads, not when it is ready
         await self.supervisor.start()
 
     async def stop(self, grace_s: float = 0.0) -> None:
@@ -211,7 +196,7 @@ class WorkerClient:
                 self.on_event(events.QueueWait(msg.queue_s))
             self._finish(msg.id, msg.output.response)
         elif isinstance(msg, ipc.Failed):
-            if isinstance(self._pending.get(msg.id), _Unary):
+            if isinstance(self._pending.get(msg.id), UnaryState):
                 self._unary_results += 1
             self._finish(msg.id, from_kind(msg.error, msg.message))
         elif isinstance(msg, ipc.Heartbeat):
@@ -221,15 +206,25 @@ class WorkerClient:
         for rid in list(self._pending):
             self._finish(rid, error)
 
+    def _detokenize(self, msg: ipc.Deltas) -> None:
+        detokenize_step(
+            [
+                (seq, d)
+                for rid, d in msg.items
+                if isinstance(seq := self._pending.get(rid), SequenceState)
+            ]
+        )
+
     def _on_deltas(self, msg: ipc.Deltas) -> None:
         """One engine step: file each sequence's delta, observe its metrics, wake readers."""
         now = time.monotonic()
         for rid, seconds in msg.started:
             if rid in self._pending:
                 self.on_event(events.QueueWait(seconds))
+        self._detokenize(msg)
         for rid, delta in msg.items:
             seq = self._pending.get(rid)
-            if not isinstance(seq, _Sequence):
+            if not isinstance(seq, SequenceState):
                 continue
             first = seq.last_output == 0.0
             n = len(delta.token_ids)
@@ -270,7 +265,7 @@ class WorkerClient:
             self.on_event(events.Failed(outcome))
         else:
             self.supervisor.served()
-        if isinstance(pending, _Unary):
+        if isinstance(pending, UnaryState):
             if not pending.future.done():
                 if isinstance(outcome, BaseException):
                     pending.future.set_exception(outcome)
@@ -294,7 +289,7 @@ class WorkerClient:
         pending = self._pending.pop(rid, None)
         if pending is None:
             return False
-        if isinstance(pending, _Sequence):
+        if isinstance(pending, SequenceState):
             self._queued_tokens -= pending.tokens
         self.on_event(event)
         self.supervisor.send(ipc.frame(ipc.Abort(id=rid)))
@@ -363,7 +358,7 @@ class WorkerClient:
     ) -> Any:
         timeout = self._timeout(timeout_s)
         rid = self._admit(0)
-        unary = 1 + sum(1 for p in self._pending.values() if isinstance(p, _Unary))
+        unary = 1 + sum(1 for p in self._pending.values() if isinstance(p, UnaryState))
         data = self._encode(
             ipc.Submit(
                 id=rid,
@@ -375,7 +370,7 @@ class WorkerClient:
             )
         )
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = _Unary(future)
+        self._pending[rid] = UnaryState(future)
         self.supervisor.send(data)
         try:
             async with asyncio.timeout(timeout):
@@ -405,14 +400,29 @@ class WorkerClient:
         return result
 
     async def generate(
-        self, request: GenerateRequest, timeout_s: float | None = None, *, stream: bool = True
+        self,
+        request: GenerateRequest,
+        timeout_s: float | None = None,
+        *,
+        stream: bool = True,
+        detokenize: Sequence[int] | None = None,
     ) -> AsyncIterator[TokenDelta]:
         """Stream token deltas; the last one carries ``finish_reason``. Closing the iterator
         early (or cancelling the task consuming it) aborts the sequence in the worker.
         ``stream=False``: the reader is woken once, when the sequence ends, and gets the whole
         output as one delta (:func:`merge_deltas`): one detokenization, one event.
 
+        ``detokenize`` (the prompt's ids to decode after, or ``()``): each delta's ``text`` is
+        the text its tokens complete, decoded with the model's tokenizer here - per engine
+        step, in one batch for every sequence of the step (never a broken character; the last
+        delta flushes the rest).
+
         Use as ``async with contextlib.aclosing(engine.generate(...)) as stream``."""
+        detok = None
+        if detokenize is not None:
+            loaded = await self.tokenizer()
+            if loaded is not None:
+                detok = IncrementalDetokenizer(loaded.tokenizer, detokenize)
         timeout = self._timeout(timeout_s)
         prompt_len = len(request.prompt_token_ids or ()) or len(request.prompt or "") // 4
         tokens = prompt_len + request.params.max_tokens
@@ -426,7 +436,7 @@ class WorkerClient:
             )
         )
         started = time.monotonic()
-        seq = _Sequence(tokens=tokens, stream=stream, started=started)
+        seq = SequenceState(tokens=tokens, stream=stream, started=started, detok=detok)
         self._pending[rid] = seq
         self._queued_tokens += tokens
         self._streams.add(rid)
@@ -454,6 +464,7 @@ class WorkerClient:
                     if failure is not None:
                         raise failure
                     merged = merge_deltas(taken)  # type: ignore[arg-type]
+                    seq.text_of(merged)  # the whole output at once: one decode
                     yield merged
                     if merged.finish_reason is not None:
                         return
@@ -474,40 +485,6 @@ class WorkerClient:
         if self.info is None or not self.ready:
             raise self._not_ready()
         return self.info
-
-
-def merge_deltas(deltas: list[TokenDelta]) -> TokenDelta:
-    """Consecutive deltas of one sequence as one (token ids, text and logprobs concatenated;
-    the last finish reason, the first prompt count). Logprobs are kept when every delta with
-    tokens has them."""
-    if len(deltas) == 1:
-        return deltas[0]
-    logprobs: list[float] | None = []
-    tops: list[dict[int, float]] | None = []
-    texts: list[str] = []
-    ids: list[int] = []
-    prompt: int | None = None
-    for d in deltas:
-        ids.extend(d.token_ids)
-        if d.text:
-            texts.append(d.text)
-        if prompt is None:
-            prompt = d.prompt_tokens
-        if not d.token_ids:  # a final delta without tokens has no logprobs to add
-            continue
-        if logprobs is not None:
-            logprobs = None if d.logprobs is None else logprobs + d.logprobs
-        if tops is not None:
-            tops = None if d.top_logprobs is None else tops + d.top_logprobs
-    with_text = any(d.text is not None for d in deltas)
-    return TokenDelta(
-        token_ids=ids,
-        text="".join(texts) if with_text else None,
-        logprobs=logprobs if ids else None,
-        top_logprobs=tops if ids else None,
-        finish_reason=deltas[-1].finish_reason,
-        prompt_tokens=prompt,
-    )
 
 
 #: the name this class had before the design pass (branches in flight may still use it)

@@ -9,7 +9,7 @@ it. Tests use fakes of it (``tests/unit/test_openai_sequences.py``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -76,11 +76,17 @@ class EngineClient(Protocol):
     ) -> EmbedResponse: ...
 
     def generate(
-        self, request: GenerateRequest, timeout_s: float | None = None, *, stream: bool = True
+        self,
+        request: GenerateRequest,
+        timeout_s: float | None = None,
+        *,
+        stream: bool = True,
+        detokenize: Sequence[int] | None = None,
     ) -> AsyncIterator[TokenDelta]:
         """Token deltas; the last carries ``finish_reason``. Closing the iterator early aborts
         the sequence. ``stream=False``: the caller wants the whole output only, and is woken
-        once, when the sequence ends."""
+        once, when the sequence ends. ``detokenize`` (prompt ids as context): the deltas'
+        ``text`` is decoded by the client (per step, batched)."""
 
     async def tokenizer(self) -> LoadedTokenizer | None:
         """The model's tokenizer (None for models without one), loaded once per worker."""

@@ -35,10 +35,17 @@ class LoadedTokenizer:
 _TOKENIZER_LOAD = threading.Lock()
 
 
+_preloading: threading.Thread | None = None
+
+
 def preload_tokenizer_library() -> threading.Thread:
     """Import ``transformers`` (1-2 s of CPU under the GIL, torch included) in a background
     thread now, while the model workers load, instead of when the first model turns ready: a
-    late import stalls the event loop - every request in flight - for that long."""
+    late import stalls the event loop - every request in flight - for that long. Once per
+    process."""
+    global _preloading
+    if _preloading is not None:
+        return _preloading
 
     def run() -> None:
         with _TOKENIZER_LOAD:
@@ -52,9 +59,9 @@ def preload_tokenizer_library() -> threading.Thread:
             except Exception:  # pragma: no cover - reported when a tokenizer is loaded
                 log.exception("could not import transformers")
 
-    thread = threading.Thread(target=run, name="preload-transformers", daemon=True)
-    thread.start()
-    return thread
+    _preloading = threading.Thread(target=run, name="preload-transformers", daemon=True)
+    _preloading.start()
+    return _preloading
 
 
 def load_tokenizer(path: str) -> LoadedTokenizer:

@@ -215,6 +215,8 @@ class Metrics:
             registry=r,
         )
         r.register(_EngineCollector(registry))
+        #: model → (ttft, itl, completion, prompt) children (only names the registry gave)
+        self._token_metric_children: dict[str, tuple[Any, Any, Any, Any]] = {}
         #: (method, route, model, code) → (counter, histogram) children; bounded like the labels
         self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
 
@@ -235,13 +237,6 @@ class Metrics:
         """Name the model a request is for when it is not a ``{name}`` path parameter (OpenAI
         routes: the ``model`` field of the body). ``request`` is a Starlette Request."""
         request.scope[MODEL_SCOPE_KEY] = model
-
-    def _observe_itl(self, label: str, seconds: float, tokens: int) -> None:
-        """One gap of ``seconds`` that produced ``tokens`` tokens (observed once per token)."""
-        child = self.itl.labels(label)
-        per_token = seconds / max(tokens, 1)
-        for _ in range(max(tokens, 1)):
-            child.observe(per_token)
 
     def add_tokens(self, model: str, *, prompt: int = 0, completion: int = 0) -> None:
         label = self.model_label(model)
@@ -272,17 +267,34 @@ class Metrics:
         if self._on_event not in engine.listeners:
             engine.listeners.append(self._on_event)
 
+    def _token_children(self, name: str) -> tuple[Any, Any, Any, Any]:
+        """The per-model token metrics (label lookups cost more than the observations, and
+        token events come once per request and engine step)."""
+        children = self._token_metric_children.get(name)
+        if children is None:
+            children = (
+                self.ttft.labels(name),
+                self.itl.labels(name),
+                self.completion_tokens.labels(name),
+                self.prompt_tokens.labels(name),
+            )
+            self._token_metric_children[name] = children
+        return children
+
     def _on_event(self, engine: EngineClient, event: EngineEvent) -> None:
         name = engine.name
         if isinstance(event, events.Tokens):
+            ttft, itl, completion, prompt = self._token_children(name)
             if event.first:
-                self.ttft.labels(name).observe(event.seconds)
+                ttft.observe(event.seconds)
             elif event.tokens:  # a final delta with no tokens is not a gap between tokens
-                self._observe_itl(name, event.seconds, event.tokens)
+                per_token = event.seconds / event.tokens
+                for _ in range(event.tokens):
+                    itl.observe(per_token)
             if event.tokens:
-                self.completion_tokens.labels(name).inc(event.tokens)
+                completion.inc(event.tokens)
             if event.prompt_tokens:
-                self.prompt_tokens.labels(name).inc(event.prompt_tokens)
+                prompt.inc(event.prompt_tokens)
         elif isinstance(event, events.QueueWait):
             self.queue_wait.labels(name).observe(event.seconds)
         elif isinstance(event, events.Restarted):

@@ -16,9 +16,9 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from steadyserve.engine.detokenize import StopMatcher
 from steadyserve.engine.protocol import EngineClient
 from steadyserve.errors import InvalidInput, SteadyError
-from steadyserve.protocol.detokenize import IncrementalDetokenizer, StopMatcher
 from steadyserve.transport.context import ServerContext
 from steadyserve.types import GenerateRequest
 
@@ -164,25 +164,26 @@ async def run_sequence(
     timeout_s: float | None,
     stream: bool = True,
 ) -> AsyncGenerator[Event, None]:
-    """Generate one sequence; detokenize, apply stop strings. Leaving early (stop string,
+    """Generate one sequence (its text decoded by the engine client); apply stop strings.
+    Leaving early (stop string,
     cancellation) closes the engine stream, which aborts the sequence in the worker.
 
     ``stream=False`` (the caller answers once, at the end): without stop strings, the engine
     wakes us once, with the whole output - one detokenization. Stop strings are watched per
     step either way, so that generation stops where the text does."""
-    detok = IncrementalDetokenizer(tokenizer, seq.context_ids) if tokenizer is not None else None
     matcher = StopMatcher(stops)
     async with contextlib.aclosing(  # type: ignore[type-var]
-        engine.generate(seq.request, timeout_s, stream=stream or bool(matcher.stops))
+        engine.generate(
+            seq.request,
+            timeout_s,
+            stream=stream or bool(matcher.stops),
+            # the engine client decodes the text, per step and in batch (models without a
+            # tokenizer send their own text)
+            detokenize=seq.context_ids if tokenizer is not None else None,
+        )
     ) as stream_:
         async for delta in stream_:
-            if detok is not None:
-                piece = detok.push(delta.token_ids)
-                if delta.finish_reason is not None:
-                    piece += detok.flush()
-            else:
-                piece = delta.text or ""
-            out = matcher.push(piece)
+            out = matcher.push(delta.text or "")
             ev = Event(
                 seq.index,
                 out,

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from steadyserve.engine.protocol import EngineClient
-from steadyserve.engine.tokenizer import LoadedTokenizer, preload_tokenizer_library
+from steadyserve.engine.tokenizer import LoadedTokenizer
 from steadyserve.errors import InvalidInput, UnsupportedEndpoint
 from steadyserve.protocol import openai as oa
 from steadyserve.protocol import openai_response as resp
@@ -31,7 +31,6 @@ from steadyserve.protocol.openai_schema import (
     EmbeddingRequest,
     parse,
 )
-from steadyserve.runtimes import TRANSFORMERS_RUNTIMES
 from steadyserve.transport import sse
 from steadyserve.transport.common import cancel_on_disconnect, read_json, request_timeout
 from steadyserve.transport.context import ServerContext
@@ -179,9 +178,6 @@ def build_router(ctx: ServerContext) -> APIRouter:
     """The OpenAI routes of one server context."""
     router = APIRouter()
     registry = ctx.registry
-
-    if any(spec.runtime in TRANSFORMERS_RUNTIMES for spec in registry.known().values()):
-        preload_tokenizer_library()
 
     def model_and_info(request: Request, name: str) -> tuple[EngineClient, ModelInfo]:
         engine = registry.get(name)

@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from steadyserve.engine.ipc import ModelSpec
+from steadyserve.config import ModelSpec
 
 log = logging.getLogger("steadyserve.huggingface")
 

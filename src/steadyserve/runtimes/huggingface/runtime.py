@@ -32,7 +32,7 @@ import json
 import logging
 from typing import Any
 
-from steadyserve.engine.ipc import ModelSpec
+from steadyserve.config import ModelSpec
 from steadyserve.errors import InvalidInput
 from steadyserve.model import GenerationEngine, Model
 from steadyserve.runtimes.huggingface import loading, tasks

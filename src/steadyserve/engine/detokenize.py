@@ -1,4 +1,5 @@
-"""Server-side incremental detokenization and stop strings (pure, no I/O).
+"""Incremental detokenization and stop strings (pure, no I/O): the engine client decodes each
+step's text with it; the OpenAI routes match stop strings with it.
 
 :class:`IncrementalDetokenizer` turns a stream of token ids into text pieces without ever
 emitting a broken character: a byte-level BPE token can hold half of a multi-byte UTF-8
@@ -57,9 +58,17 @@ class IncrementalDetokenizer:
 
     def push(self, token_ids: Sequence[int]) -> str:
         """Add generated tokens; return the text they complete (never a partial character)."""
+        before, after = self.windows(token_ids)
+        return self.advance(self._decode(before), self._decode(after))
+
+    def windows(self, token_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Add generated tokens; the two windows to decode (before and with them), for
+        :meth:`advance` - :func:`decode_step` decodes the windows of many sequences at once."""
         self.ids.extend(int(t) for t in token_ids)
-        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        full = self._decode(self.ids[self.prefix_offset :])
+        return self.ids[self.prefix_offset : self.read_offset], self.ids[self.prefix_offset :]
+
+    def advance(self, prefix: str, full: str) -> str:
+        """The new text, given the decoded :meth:`windows`."""
         if len(full) <= len(prefix) or full.endswith(REPLACEMENT):
             return ""  # incomplete character (or nothing visible yet): wait for more tokens
         new_text = full[len(prefix) :]
@@ -73,6 +82,37 @@ class IncrementalDetokenizer:
         full = self._decode(self.ids[self.prefix_offset :])
         self.prefix_offset = self.read_offset = len(self.ids)
         return full[len(prefix) :] if len(full) > len(prefix) else ""
+
+
+def decode_step(
+    tokenizer: Any, work: Sequence[tuple[IncrementalDetokenizer, Sequence[int]]]
+) -> list[str]:
+    """One engine step's new text for many sequences: ``push`` for each, with every window
+    decoded in one call of the fast tokenizer's backend (``decode_batch``, in Rust) where that
+    gives what ``decode`` gives (no ``clean_up_tokenization_spaces`` pass), else one by one."""
+    if not work:
+        return []
+    windows: list[list[int]] = []
+    for detok, ids in work:
+        windows.extend(detok.windows(ids))
+    skip = {detok.skip_special_tokens for detok, _ in work}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (
+        backend is not None
+        and len(skip) == 1
+        and not getattr(tokenizer, "clean_up_tokenization_spaces", False)
+    ):
+        texts = list(backend.decode_batch(windows, skip_special_tokens=skip.pop()))
+    else:
+        texts = [detok._decode(w) for (detok, _), w in zip(_pairs(work), windows, strict=True)]
+    return [detok.advance(texts[2 * i], texts[2 * i + 1]) for i, (detok, _) in enumerate(work)]
+
+
+def _pairs(
+    work: Sequence[tuple[IncrementalDetokenizer, Sequence[int]]],
+) -> list[tuple[IncrementalDetokenizer, Sequence[int]]]:
+    """Each item twice (one per window)."""
+    return [item for item in work for _ in (0, 1)]
 
 
 class StopMatcher:
