@@ -178,6 +178,11 @@ class Settings(BaseModel):
         None, ge=64, description="Address-space limit of each worker (MemoryError past it)."
     )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker.")
+    compile: bool = Field(
+        False,
+        description="torch.compile the generation decode step (CUDA graphs on GPU); a compile "
+        "failure falls back to eager mode with a warning.",
+    )
 
     # ---- security and limits -------------------------------------------------------------
     api_key: SecretStr | None = Field(

@@ -8,6 +8,7 @@ predict instances (strings):
   "hang"         -> sleeps forever (hang detection kills the worker)
   "oom"          -> allocates until MemoryError (run with a worker memory limit)
   "sleep:S"      -> sleeps S seconds, then echoes
+  "env:NAME"     -> the worker's environment variable NAME ("" when unset)
   anything else  -> echoed back upper-cased
 generate: prompt text "raise-after:N" fails after N tokens, "crash-after:N" kills the worker,
 "slow" emits a token every 50 ms, otherwise emits max_tokens tokens then finishes.
@@ -60,6 +61,9 @@ class Faulty(steadyserve.Model):
                 os._exit(13)
             if text == "segfault":
                 ctypes.string_at(0)
+            if text.startswith("env:"):
+                out.append(os.environ.get(text[4:], ""))
+                continue
             if text == "hang":
                 while True:
                     time.sleep(0.1)
