@@ -32,7 +32,13 @@ log = logging.getLogger("steadyserve")
 EXIT_CONFIG = 2
 
 #: Other spellings KServe's servers accept for our flags (huggingfaceserver's --max_length).
-FLAG_ALIASES: dict[str, tuple[str, ...]] = {"max_model_len": ("--max_length",)}
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {
+    "max_model_len": ("--max_length", "--max-model-len"),
+    # vLLM's spellings, which KServe's huggingfaceserver passes through
+    "gpu_memory_utilization": ("--gpu-memory-utilization",),
+    "tensor_parallel_size": ("--tensor-parallel-size",),
+    "enforce_eager": ("--enforce-eager",),
+}
 
 #: Flags of KServe's model server and huggingfaceserver that have no meaning in steadyserve.
 #: They are accepted (their values still type-checked) so that an InferenceService written for
@@ -382,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = build_settings(flags)
         setup_logging(settings)
         specs = model_specs(settings, ts_config)
+        from steadyserve.runtimes.vllm.select import apply_backend
+
+        specs = apply_backend(settings, specs)
         check_ports(settings)
         check_model_classes(specs)
     except ConfigError as exc:

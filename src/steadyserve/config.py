@@ -51,6 +51,7 @@ class ModelSpec(msgspec.Struct, kw_only=True):
     max_num_seqs: int = _default("max_num_seqs")
     memory_limit_mb: int | None = _default("memory_limit_mb")
     torch_threads: int | None = _default("torch_threads")
+    compile: bool = _default("compile")
     #: keyword arguments for a custom model's constructor
     options: dict[str, Any] = {}
 

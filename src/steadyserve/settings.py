@@ -79,11 +79,12 @@ class Settings(BaseModel):
         max_length=256,
         description="Hub revision of the tokenizer (default: --model_revision).",
     )
-    backend: Literal["auto", "huggingface"] = Field(
+    backend: Literal["auto", "huggingface", "vllm"] = Field(
         "auto",
-        description="KServe's huggingfaceserver backend. steadyserve runs every model "
-        "on its own engine (transformers + continuous batching): auto and huggingface both mean "
-        "that; vllm and triton are refused.",
+        description="KServe's huggingfaceserver backend: vllm serves decoder-only text "
+        "generation with vLLM's engine inside steadyserve's worker; huggingface uses steadyserve's "
+        "own engine (transformers + continuous batching); auto picks vLLM when it is installed "
+        "and supports the model's architecture, else huggingface (the reason is logged).",
     )
     model_class: str | None = Field(
         None,
@@ -112,6 +113,22 @@ class Settings(BaseModel):
     trust_remote_code: bool = Field(False, description="Allow model code from the model dir/hub.")
     max_model_len: int | None = Field(
         None, ge=1, description="Cap on prompt + generated tokens (default: the model's limit)."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM backend: fraction of GPU memory vLLM may use."
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, le=64, description="vLLM backend: GPUs to shard the model over."
+    )
+    enforce_eager: bool = Field(
+        False, description="vLLM backend: run eagerly (no CUDA graphs / torch.compile)."
+    )
+    kv_cache_space_gb: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="vLLM backend on CPU: KV-cache space in GiB (VLLM_CPU_KVCACHE_SPACE; "
+        "default: vLLM's own).",
     )
 
     # ---- engine --------------------------------------------------------------------------
@@ -161,6 +178,11 @@ class Settings(BaseModel):
         None, ge=64, description="Address-space limit of each worker (MemoryError past it)."
     )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker.")
+    compile: bool = Field(
+        False,
+        description="torch.compile the generation decode step (CUDA graphs on GPU); a compile "
+        "failure falls back to eager mode with a warning.",
+    )
 
     # ---- security and limits -------------------------------------------------------------
     api_key: SecretStr | None = Field(

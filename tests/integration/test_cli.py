@@ -131,7 +131,9 @@ def test_kserve_huggingfaceserver_flags_start_the_server_and_are_named() -> None
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--backend", "vllm"], "valid values are auto, huggingface"),
+        (["--backend", "triton"], "valid values are auto, huggingface, vllm"),
+        (["--backend", "vllm"], "--backend vllm serves Hugging Face models"),
+        (["--gpu-memory-utilization", "1.5"], "--gpu_memory_utilization"),
         (["--workers", "many"], "--workers"),
         (["--max_length", "0"], "--max_model_len"),
     ],

@@ -10,6 +10,7 @@ predict instances (strings):
   "sleep:S"      -> sleeps S seconds, then echoes
   "wait:PATH"    -> waits until the file PATH exists (at most 60 s), then echoes: holds a
                     request in the worker for exactly as long as a test needs, under any load
+  "env:NAME"     -> the worker's environment variable NAME ("" when unset)
   anything else  -> echoed back upper-cased
 generate: prompt text "raise-after:N" fails after N tokens, "crash-after:N" kills the worker,
 "slow" emits a token every 50 ms, otherwise emits max_tokens tokens then finishes.
@@ -62,6 +63,9 @@ class Faulty(steadyserve.Model):
                 os._exit(13)
             if text == "segfault":
                 ctypes.string_at(0)
+            if text.startswith("env:"):
+                out.append(os.environ.get(text[4:], ""))
+                continue
             if text == "hang":
                 while True:
                     time.sleep(0.1)

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from steadyserve import cpus
 from steadyserve.config import EngineConfig, ModelSpec
 from steadyserve.engine import ipc
 from steadyserve.engine.events import EngineEvent, Ready, Restarted
@@ -113,6 +114,9 @@ async def spawn_subprocess(
         env["PYTHONSAFEPATH"] = "1"
         env.setdefault("STEADYSERVE_WORKER_LOG_LEVEL", config.log_level)
         env["STEADYSERVE_WORKER_LOG_FORMAT"] = config.log_format
+        # threads from the CPUs we may really use, OpenMP threads that sleep when idle: set
+        # before the worker imports torch (steadyserve/cpus.py)
+        env.update(cpus.worker_env(env, cpus.detect(spec.torch_threads)))
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -35,10 +35,14 @@ def _set_limits(spec: ModelSpec) -> None:
 
         limit = spec.memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    if spec.torch_threads:
+    if spec.torch_threads or spec.runtime != "custom":  # the runtimes all run torch
         import torch
 
-        torch.set_num_threads(spec.torch_threads)
+        from steadyserve.cpus import detect
+
+        plan = detect(spec.torch_threads)
+        torch.set_num_threads(plan.threads)
+        log.info("torch threads: %d (%s)", plan.threads, plan.reason)
 
 
 def _die_with_parent() -> None:

@@ -24,7 +24,8 @@ from steadyserve.model import Model
 CUSTOM = "custom"
 
 RUNTIMES: dict[str, str] = {
-    "huggingface": "steadyserve.runtimes.huggingface.runtime:HuggingFaceModel.from_spec",
+    # our own engine, or vLLM's for what it can serve (--backend auto|vllm|huggingface)
+    "huggingface": "steadyserve.runtimes.vllm.select:huggingface_or_vllm",
 }
 
 #: runtimes whose worker routes transformers' logging through ours, and whose server side

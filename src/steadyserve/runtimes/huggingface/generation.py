@@ -10,10 +10,19 @@ Each ``step``:
    new token per row) and drops the rows that finished, freeing their KV memory at once;
 2. prefills the waiting requests that fit in the free slots (batched among themselves: left-padded
    prompts for decoder-only models; for encoder-decoder models the encoder plus the first decoder
-   step), picks their first token, and merges them into the running batch.
+   step), picks their first token, and moves them into free cache slots.
 
-The batch state lives in :mod:`.kvcache` (a padded ``DynamicCache`` with an attention mask and
-explicit positions); token choice in :mod:`.sampling`. A request that cannot be served (no prompt,
+**Arrivals and time to first token.** While rows are decoding, arrivals may be held back so that
+they share one prefill pass instead of costing a pass each: they are prefilled as soon as they
+would fill the free slots or number at least two and a quarter of the running batch, and never later than
+``prefill_delay_steps`` steps after they arrived. So a request that finds a free slot gets its
+first token within ``prefill_delay_steps + 1`` steps (default 4 on CUDA, where a prefill pass
+costs about a decode step; 0 on CPU: every step prefills what arrived).
+
+The running batch lives in :mod:`.slots` (pre-allocated per-slot KV buffers: joins and leaves copy
+nothing); ``kv_cache="dynamic"`` keeps the older :mod:`.kvcache` batch (a padded ``DynamicCache``
+re-padded on every join), which the prefill pass itself also uses. Token choice is in
+:mod:`.sampling`. A request that cannot be served (no prompt,
 a prompt longer than ``max_model_len``, token ids outside the vocabulary, bad parameters) is
 refused in ``add`` with :class:`~steadyserve.errors.InvalidInput`; a prefill that raises fails only
 the requests that raise when prefilled alone. If the decoding step itself raises, the scheduler
@@ -26,6 +35,7 @@ included (as vLLM does); the decoder start token of encoder-decoder models is ne
 from __future__ import annotations
 
 import inspect
+import logging
 import random
 from collections import OrderedDict
 from typing import Any
@@ -34,15 +44,23 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from steadyserve.errors import InvalidInput
+from steadyserve.runtimes.huggingface.compiled import DecodeForward
 from steadyserve.runtimes.huggingface.hf_cache import cache_keyword, output_cache
 from steadyserve.runtimes.huggingface.kvcache import Batch, Seq, new_cache
 from steadyserve.runtimes.huggingface.sampling import Selection, select_tokens, stop_ids
+from steadyserve.runtimes.huggingface.slots import SlotBatch
 from steadyserve.types import GenerateRequest, SamplingParams, TokenDelta
+
+log = logging.getLogger("steadyserve.generation")
 
 #: at most this many (padded) prompt tokens are prefilled in one forward pass
 PREFILL_TOKEN_BUDGET = 8192
+#: default bound on how many decoding steps an arrival may wait for others to be prefilled with
+#: (on CUDA; 0 on CPU, where one prompt's prefill costs less than a batched decode step)
+PREFILL_DELAY_STEPS_GPU = 4
 
 StepOutput = list[tuple[str, TokenDelta | BaseException]]
+_WARM_UP = SamplingParams(max_tokens=4, min_tokens=4, temperature=0.0, ignore_eos=True)
 
 
 class ContinuousBatcher:
@@ -56,10 +74,21 @@ class ContinuousBatcher:
         pad_token_id: int,
         max_num_seqs: int,
         max_model_len: int,
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = None,
+        kv_cache: str = "slots",
+        prefill_delay_steps: int | None = None,
+        compile: bool = False,
     ) -> None:
         if max_num_seqs < 1 or max_model_len < 2:
             raise ValueError("max_num_seqs must be >= 1 and max_model_len >= 2")
+        if kv_cache not in ("slots", "dynamic"):
+            raise ValueError(f"kv_cache must be 'slots' or 'dynamic', not {kv_cache!r}")
+        model_device = _model_device(model)
+        if device is not None and model_device is not None:
+            want = torch.device(device)  # "cuda" names the model's "cuda:0" too
+            same_index = want.index is None or model_device.index in (None, want.index)
+            if want.type != model_device.type or not same_index:
+                raise ValueError(f"device={device} but the model is on {model_device}")
         self.model = model
         self.config = model.config
         self._cache_kw = cache_keyword(model)  # "cache" on transformers 5 (no deprecation log)
@@ -68,7 +97,8 @@ class ContinuousBatcher:
         self.pad_token_id = int(pad_token_id)
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len
-        self.device = torch.device(device)
+        self.device = model_device or torch.device(device or "cpu")
+        self.kv_cache = kv_cache
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         start = getattr(self.config, "decoder_start_token_id", None)
         self.decoder_start = int(start if start is not None else self.pad_token_id)
@@ -76,8 +106,20 @@ class ContinuousBatcher:
         self._logits_to_keep = "logits_to_keep" in params
         self._rng = torch.Generator(device=self.device)
         self._rng.manual_seed(random.getrandbits(63))
+        if prefill_delay_steps is None:  # a prefill pass costs about a decode step on a GPU
+            prefill_delay_steps = PREFILL_DELAY_STEPS_GPU if self.device.type == "cuda" else 0
+        if prefill_delay_steps < 0:
+            raise ValueError("prefill_delay_steps must be >= 0")
+        self.prefill_delay_steps = prefill_delay_steps
+        self._steps = 0
+        self._arrived: dict[str, int] = {}
         self.waiting: OrderedDict[str, Seq] = OrderedDict()
         self.batch: Batch | None = None
+        self.slots = self._new_slots() if kv_cache == "slots" else None
+        self._forward = DecodeForward(model)
+        self._max_position = max_model_len - 1
+        if compile:  # last: it runs a warm-up request through the engine
+            self._compile()
 
     # ---- GenerationEngine ------------------------------------------------------------------
     def add(self, request_id: str, request: GenerateRequest) -> None:
@@ -91,6 +133,7 @@ class ContinuousBatcher:
         if params.seed is not None and params.temperature > 0:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(int(params.seed))
+        self._arrived[request_id] = self._steps
         self.waiting[request_id] = Seq(
             params=params,
             prompt=prompt,
@@ -102,6 +145,12 @@ class ContinuousBatcher:
     def abort(self, request_id: str) -> None:
         """Forget a request; a running one leaves the batch (and frees its cache) at once."""
         if self.waiting.pop(request_id, None) is not None:
+            self._arrived.pop(request_id, None)
+            return
+        if self.slots is not None:
+            slot = self.slots.row_of(request_id)
+            if slot is not None:
+                self.slots.leave({slot})
             return
         row = self._row_of(request_id)
         if row is not None:
@@ -109,13 +158,22 @@ class ContinuousBatcher:
                 self._drop({row})
 
     def has_work(self) -> bool:
-        return bool(self.waiting) or self.batch is not None
+        return bool(self.waiting) or self._running() > 0
+
+    def _running(self) -> int:
+        if self.slots is not None:
+            return self.slots.rows
+        return self.batch.rows if self.batch is not None else 0
 
     def step(self) -> StepOutput:
         """One decoding iteration for the running batch, then admit and prefill new requests."""
         out: StepOutput = []
+        self._steps += 1
         with torch.inference_mode():
-            if self.batch is not None:
+            if self.slots is not None:
+                if self.slots.rows:
+                    self._decode_slots(out)
+            elif self.batch is not None:
                 logits = self._decode(self.batch)
                 self._finish_step(self.batch, logits, out)
             admitted = self._admit()
@@ -126,12 +184,15 @@ class ContinuousBatcher:
     def reset(self) -> None:
         """Drop every sequence and the cache (after a failed step)."""
         self.waiting.clear()
+        self._arrived.clear()
         self.batch = None
+        if self.slots is not None:  # a step that raised may have left it half-updated
+            self.slots = self._new_slots()
 
     def stats(self) -> dict[str, int]:
-        batch = self.batch
+        batch = self.slots or self.batch
         return {
-            "running": batch.rows if batch is not None else 0,
+            "running": self._running(),
             "waiting": len(self.waiting),
             "cache_columns": batch.columns if batch is not None else 0,
         }
@@ -175,6 +236,8 @@ class ContinuousBatcher:
 
     # ---- batch plumbing ----------------------------------------------------------------------
     def _row_of(self, request_id: str) -> int | None:
+        if self.slots is not None:
+            return self.slots.row_of(request_id)
         if self.batch is None:
             return None
         for i, seq in enumerate(self.batch.seqs):
@@ -193,10 +256,22 @@ class ContinuousBatcher:
             batch.select(keep)
 
     def _admit(self) -> list[Seq]:
-        free = self.max_num_seqs - (self.batch.rows if self.batch is not None else 0)
+        """The waiting requests to prefill now: as many as there are free slots, but while
+        rows are decoding, arrivals are held back (at most ``prefill_delay_steps`` steps) until
+        they can be prefilled together: enough to fill the free slots or (at least two and) a quarter of the
+        running batch."""
+        running = self._running()
+        free = self.max_num_seqs - running
+        if self.waiting and free and running and self.prefill_delay_steps:
+            oldest = self._arrived.get(next(iter(self.waiting)), self._steps)
+            enough = len(self.waiting) >= min(free, max(2, running // 4))
+            if not enough and self._steps - oldest < self.prefill_delay_steps:
+                return []
         admitted: list[Seq] = []
         while self.waiting and len(admitted) < free:
-            admitted.append(self.waiting.popitem(last=False)[1])
+            seq = self.waiting.popitem(last=False)[1]
+            self._arrived.pop(seq.request_id, None)
+            admitted.append(seq)
         return admitted
 
     @staticmethod
@@ -244,6 +319,60 @@ class ContinuousBatcher:
         batch.cache = output_cache(out)
         batch.mask = mask
         return out.logits[:, -1, :]
+
+    def _decode_slots(self, out: StepOutput) -> None:
+        """One token for every slot in use (see :mod:`.slots`), emitted; finished rows leave."""
+        slots = self.slots
+        assert slots is not None
+        inputs = slots.prepare_decode()
+        if self._cache_kw != "past_key_values":  # transformers 5 takes it as "cache"
+            inputs[self._cache_kw] = inputs.pop("past_key_values")
+        if self.encoder_decoder:
+            inputs["encoder_outputs"] = self._encoder_placeholder(inputs["attention_mask"])
+        logits = self._forward(inputs).logits[:, -1, :]
+        slots.advance(self._max_position)
+        active = slots.active()
+        holes = len(active) < slots.hi
+        idx = torch.tensor(active, dtype=torch.long, device=self.device) if holes else None
+        if idx is not None:
+            logits = logits.index_select(0, idx)
+        seqs = [seq for seq in slots.seqs if seq is not None]
+        sel = select_tokens(logits, seqs, eos_token_ids=self.eos_token_ids, generator=self._rng)
+        done = self._emit(seqs, sel, out)
+        tokens = torch.tensor(sel.tokens, dtype=torch.long, device=self.device)
+        if idx is not None:
+            slots.last.index_copy_(0, idx, tokens)
+        else:
+            slots.last[: slots.hi] = tokens
+        if done:
+            slots.leave({active[j] for j in done})
+
+    # ---- --compile ---------------------------------------------------------------------------
+    def _compile(self) -> None:
+        """Compile the decoding step (slots only) and run it once on a dummy request, so that
+        a compile failure shows at load: a warning, then eager mode (see :mod:`.compiled`)."""
+        if self.slots is None:
+            log.warning("--compile needs the slot KV cache; decoding runs eagerly")
+            return
+        if not self._forward.compile(self.device):
+            return
+        try:
+            self.add("__warmup__", GenerateRequest(prompt_token_ids=[0, 0], params=_WARM_UP))
+            while self.has_work():
+                for _rid, item in self.step():
+                    if isinstance(item, BaseException):
+                        raise item
+        except Exception as exc:  # noqa: BLE001 - never fail the load over an optimisation
+            self._forward.disable(exc)
+            self.reset()
+
+    def _new_slots(self) -> SlotBatch:
+        return SlotBatch(
+            slots=self.max_num_seqs,
+            max_model_len=self.max_model_len,
+            encoder_decoder=self.encoder_decoder,
+            device=self.device,
+        )
 
     def _encoder_placeholder(self, enc_mask: torch.Tensor) -> BaseModelOutput:
         """Encoder states are only read when the cross-attention cache is filled (at prefill);
@@ -326,7 +455,9 @@ class ContinuousBatcher:
         self._finish_step(batch, logits, out)
         if batch.rows == 0:
             return
-        if self.batch is None:
+        if self.slots is not None:
+            self.slots.join(batch)
+        elif self.batch is None:
             self.batch = batch
         else:
             self.batch.merge(batch)
@@ -381,3 +512,13 @@ class ContinuousBatcher:
         if used >= self.max_model_len:
             return "length"
         return None
+
+
+def _model_device(model: Any) -> torch.device | None:
+    """The device of the model's weights (``None`` for a model without parameters)."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    for param in model.parameters():
+        return torch.device(param.device)
+    return None

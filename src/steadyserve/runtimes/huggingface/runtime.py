@@ -190,6 +190,7 @@ class HuggingFaceModel(Model):
             max_num_seqs=self.spec.max_num_seqs,
             max_model_len=self.ctx.max_model_len,
             device=self.device,
+            compile=self.spec.compile,
         )
         return engine
 
