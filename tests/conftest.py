@@ -18,13 +18,31 @@ fixture                     model
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+from filelock import FileLock
 
 
 def _build(factory: pytest.TempPathFactory, name: str, kind: str) -> str:
+    """Build once per test run: under pytest-xdist every worker shares the directory (the
+    first one to ask builds it, under a file lock; the others wait and reuse it)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = factory.getbasetemp().parent / "tiny-models"  # shared by the run's workers
+        root.mkdir(exist_ok=True)
+        path = root / name
+        with FileLock(str(root / f"{name}.lock")):
+            if not (root / f"{name}.built").exists():
+                _build_into(path, kind)
+                (root / f"{name}.built").touch()
+        return str(path)
+    return _build_into(factory.mktemp("models") / name, kind)
+
+
+def _build_into(path: Path, kind: str) -> str:
     from steadyserve.runtimes.huggingface import tiny
 
-    path = factory.mktemp("models") / name
     if kind == "gpt2":
         return tiny.build_gpt2(path)
     if kind == "t5":

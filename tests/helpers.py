@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from steadyserve.settings import ENV_VARS
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "tests" / "models"
 FAULTY = f"{MODELS / 'faulty.py'}:Faulty"
@@ -123,17 +125,7 @@ class ServerProcess:
 
 
 #: server env vars that must not leak from the developer's shell into tests
-_SERVER_ENV = {
-    "PROTOCOL_VERSION",
-    "STORAGE_URI",
-    "MODEL_NAME",
-    "MODEL_ID",
-    "MODEL_CLASS",
-    "STEADYSERVE_API_KEY",
-    "STEADYSERVE_API_KEY_FILE",
-    "HTTP_PORT",
-    "GRPC_PORT",
-}
+_SERVER_ENV = set(ENV_VARS.values())
 
 
 def run_cli(

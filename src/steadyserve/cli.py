@@ -8,8 +8,10 @@ are an error (exit 2), as are invalid values (one line naming the setting and th
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
+import subprocess
 import sys
 from typing import Any, get_args, get_origin
 
@@ -19,6 +21,7 @@ from steadyserve.settings import (
     ENV_VARS,
     ConfigError,
     Settings,
+    accepted_values,
     build_settings,
     check_ports,
     resolve_model_dir,
@@ -45,7 +48,6 @@ KSERVE_NO_EFFECT: dict[str, tuple[Any, str]] = {
     "workers": (int, "one HTTP process per pod; each model has its own worker process"),
     "max_threads": (int, "gRPC runs on asyncio"),
     "max_asyncio_workers": (int, "model code runs in the model's worker process"),
-    "enable_docs_url": ("bool", "no Swagger UI is served"),
     "enable_latency_logging": ("bool", "every access log line carries duration_ms"),
     "configure_logging": ("bool", "logging is set by --log_level / --log_format"),
     "log_config_file": (str, "logging is set by --log_level / --log_format"),
@@ -76,10 +78,48 @@ def _is_bool(annotation: Any) -> bool:
 
 
 class _Parser(argparse.ArgumentParser):
+    #: every option string of ``serve`` (for "did you mean" on an unknown flag)
+    known_flags: list[str] = []
+
     def error(self, message: str) -> None:  # type: ignore[override]
         # One line, exit 2 - and no usage dump burying the message.
-        sys.stderr.write(f"steadyserve: error: {message}\n")
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            unknown = [a for a in message.split(":", 1)[1].split() if a.startswith("--")]
+            hint = did_you_mean(unknown[0] if unknown else "", self.known_flags)
+        sys.stderr.write(f"steadyserve: error: {message}{hint}\n")
         sys.exit(EXIT_CONFIG)
+
+
+def did_you_mean(flag: str, known: list[str]) -> str:
+    """``" (did you mean --model_name?)"`` for a misspelled flag, or ``""``."""
+    name = flag.split("=", 1)[0]
+    if not name.startswith("--"):
+        return ""
+    candidates = [k for k in known if k.startswith("--")]
+    match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
+    if not match:
+        normalized = name.replace("-", "_")
+        match = difflib.get_close_matches(
+            "--" + normalized[2:], [c for c in candidates if "-" not in c[2:]], n=1, cutoff=0.6
+        )
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def _flag_spellings(name: str) -> list[str]:
+    """``--model_name`` and ``--model-name`` (as vLLM and TorchServe users type)."""
+    spellings = [f"--{name}"]
+    if "_" in name:
+        spellings.append(f"--{name.replace('_', '-')}")
+    return spellings
+
+
+def _shown_default(default: Any) -> str:
+    if default is None or default == []:
+        return "none"
+    if isinstance(default, bool):
+        return str(default).lower()
+    return str(default)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,16 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
         env = ENV_VARS.get(name)
         default = field.get_default(call_default_factory=True)
         help_text = (field.description or "").replace("%", "%%")
-        if env:
-            help_text += f" [env {env}]"
+        help_text += f" (default: {_shown_default(default)}) [env {env}]"
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
+        choices = accepted_values(name)
         if _is_bool(field.annotation):
             kwargs.update(nargs="?", const=True, type=_parse_bool, metavar="BOOL")
+        elif choices:
+            kwargs.update(metavar="{" + ",".join(choices) + "}")
         else:
             kwargs.update(metavar=name.upper())
-        if default not in (None, [], False):
-            kwargs["help"] += f" (default: {default})"
-        serve.add_argument(f"--{name}", *FLAG_ALIASES.get(name, ()), **kwargs)
+        serve.add_argument(*_flag_spellings(name), *FLAG_ALIASES.get(name, ()), **kwargs)
     compat = serve.add_argument_group(
         "KServe compatibility",
         "Flags of KServe's model server / huggingfaceserver that have no effect here; accepted so "
@@ -128,12 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
             else {"type": kind, "metavar": name.upper()}
         )
         compat.add_argument(
-            f"--{name}",
+            *_flag_spellings(name),
             dest=f"kserve_{name}",
             default=None,
             help=f"no effect: {why}".replace("%", "%%"),
             **extra,
         )
+    _Parser.known_flags = [o for a in serve._actions for o in a.option_strings]
     serve.epilog = (
         "Environment only: STEADYSERVE_API_KEY (API keys, comma-separated). "
         "Per request: X-Request-Timeout header (seconds)."
@@ -230,6 +271,58 @@ def model_specs(settings: Settings, ts_config: Any = None) -> list[Any]:
     return [ModelSpec(name=name, runtime="huggingface", model_dir=model_dir, **common)]
 
 
+#: Run in a throw-away interpreter: import each ``--model_class`` the way the worker will, and
+#: print one line per class that cannot be served (exit 1 if any).
+_CHECK_CLASSES = """
+import sys
+from steadyserve.runtimes import load_class
+bad = 0
+for ref in sys.argv[1:]:
+    try:
+        load_class(ref)
+    except BaseException as exc:
+        bad = 1
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(ref + "\\t" + type(exc).__name__ + ": " + msg[:300], flush=True)
+sys.exit(bad)
+"""
+
+#: the longest the class check may take (user code importing torch included)
+CHECK_CLASSES_TIMEOUT_S = 120.0
+
+
+def check_model_classes(specs: list[Any]) -> None:
+    """Every custom model class can be imported and is a ``steadyserve.Model``: a typo in the
+    class name, a class of the wrong kind or an import error in the file stops start-up with one
+    line (exit 2) instead of a worker crash loop. User code is imported in a throw-away process
+    (the server process never runs it)."""
+    refs = [s.model_class for s in specs if getattr(s, "model_class", None)]
+    if not refs:
+        return
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # as the worker: no cwd in front
+    try:
+        done = subprocess.run(
+            [sys.executable, *safe_path, "-c", _CHECK_CLASSES, *refs],
+            capture_output=True,
+            text=True,
+            timeout=CHECK_CLASSES_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError(
+            f"invalid --model_class={refs[0]!r}: importing it took over "
+            f"{CHECK_CLASSES_TIMEOUT_S:.0f}s"
+        ) from None
+    if done.returncode == 0:
+        return
+    for line in done.stdout.splitlines():
+        ref, _, why = line.partition("\t")
+        if why:
+            raise ConfigError(f"invalid --model_class={ref!r}: {why}")
+    tail = " ".join(done.stderr.split())[-300:] or f"exit status {done.returncode}"
+    raise ConfigError(f"invalid --model_class={refs[0]!r}: the import failed: {tail}")
+
+
 def _check_hf_model_dir(model_dir: str) -> None:
     """A Hugging Face model directory must hold a ``config.json`` (or have exactly one
     sub-directory that does, as KServe's storage initializer may add one level): an empty or
@@ -240,6 +333,18 @@ def _check_hf_model_dir(model_dir: str) -> None:
         find_model_dir(model_dir)
     except LoadError as exc:
         raise ConfigError(f"invalid model directory {model_dir!r}: {exc}") from None
+
+
+def log_configuration(settings: Settings) -> None:
+    """The effective configuration at start-up: one key per line in text logs (readable), one
+    line holding the whole mapping in JSON logs (one record, easy to query)."""
+    config = settings.redacted()
+    if settings.log_format == "json":
+        log.info("effective configuration: %s", config)
+        return
+    log.info("effective configuration (%d settings):", len(config))
+    for key, value in config.items():
+        log.info("  %s = %r", key, value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
 
         specs = apply_backend(settings, specs)
         check_ports(settings)
+        check_model_classes(specs)
     except ConfigError as exc:
         sys.stderr.write(f"steadyserve: {exc}\n")
         return EXIT_CONFIG
@@ -301,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             value,
             KSERVE_NO_EFFECT[name][1],
         )
-    log.info("effective configuration: %s", settings.redacted())
+    log_configuration(settings)
     return run(settings, specs)
 
 

@@ -34,6 +34,18 @@ def _worker_pid(record: logging.LogRecord) -> bool:
     return True
 
 
+class TextFormatter(logging.Formatter):
+    """Text lines; an access line (``steadyserve.access``) ends with ``model=NAME`` when the
+    request named a model (JSON lines carry it as the ``model`` key instead)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        model = getattr(record, "model", None)
+        if model and record.name == "steadyserve.access":
+            line += f" model={model}"
+        return line
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message, request_id (+ EXTRA_FIELDS)."""
 
@@ -67,9 +79,7 @@ def configure(level: str = "info", fmt: str = "text", *, worker: bool = False) -
     else:
         where = f"[worker {os.getpid()}] " if worker else ""
         handler.setFormatter(
-            logging.Formatter(
-                f"%(asctime)s %(levelname)s {where}%(name)s [%(request_id)s] %(message)s"
-            )
+            TextFormatter(f"%(asctime)s %(levelname)s {where}%(name)s [%(request_id)s] %(message)s")
         )
     logging.captureWarnings(True)
     root = logging.getLogger()

@@ -52,7 +52,14 @@ class DrainingServer(uvicorn.Server):
             self._loop.call_soon_threadsafe(self._end_now)
             return
         self._drain_started = True
-        log.info("received %s: draining", name)
+        grace = self.ctx.settings.graceful_shutdown_s
+        log.warning(
+            "received %s: draining - new requests get 503, in-flight ones may finish until %s "
+            "(--graceful_shutdown_s=%g); press Ctrl-C again to stop now",
+            name,
+            time.strftime("%H:%M:%S", time.localtime(time.time() + grace)),
+            grace,
+        )
         self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
 
     def _end_now(self) -> None:
@@ -123,7 +130,7 @@ def run(settings: Settings, specs: list[Any]) -> int:
         ssl_keyfile=settings.ssl_keyfile,
         server_header=False,
         # bounded request line + headers (431 past it), whichever parser runs
-        http=http_protocol(MAX_HEADER_BYTES),
+        http=http_protocol(MAX_HEADER_BYTES, settings.request_read_timeout_s),
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
     server = DrainingServer(config, ctx)

@@ -193,6 +193,13 @@ class Settings(BaseModel):
     max_request_body_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest request body (413 past it)."
     )
+    request_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A connection closes when a request's line and headers take longer than "
+        "this to arrive (one that sends nothing included), or its body stalls this long.",
+    )
     grpc_max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest gRPC message (RESOURCE_EXHAUSTED past it)."
     )
@@ -200,6 +207,11 @@ class Settings(BaseModel):
     ssl_keyfile: str | None = Field(None, description="TLS private key (HTTP and gRPC).")
     cors_origins: list[str] = Field(
         default_factory=list, description="Allowed CORS origins, comma-separated (off if empty)."
+    )
+    enable_docs_url: bool = Field(
+        True,
+        description="Serve interactive API docs at /docs and the OpenAPI schema (request and "
+        "response bodies of V1, V2 and OpenAI) at /openapi.json; false turns both off.",
     )
     allow_request_chat_template: bool = Field(
         False, description="Let chat requests supply their own chat_template (sandboxed)."
@@ -220,7 +232,7 @@ class Settings(BaseModel):
     @classmethod
     def _dtype_aliases(cls, value: Any) -> Any:
         # KServe's huggingfaceserver also accepts torch's aliases
-        return {"float": "float32", "half": "float16"}.get(value, value)
+        return CHOICE_ALIASES["dtype"].get(value, value) if isinstance(value, str) else value
 
     @field_validator("device")
     @classmethod
@@ -294,8 +306,26 @@ ENV_VARS: dict[str, str] = {
     "log_format": "LOG_FORMAT",
 }
 
+#: Every other setting is read from ``STEADYSERVE_<FIELD>`` (``STEADYSERVE_MAX_QUEUE_TOKENS``):
+#: each flag has exactly one environment variable, shown by ``--help``.
+for _field in Settings.model_fields:
+    ENV_VARS.setdefault(_field, f"STEADYSERVE_{_field.upper()}")
+del _field
+
 #: Settings that are never flags (secrets).
 ENV_ONLY = frozenset({"api_key"})
+
+#: Other spellings a setting accepts besides its choices (KServe's huggingfaceserver takes
+#: torch's dtype aliases); error messages list them with the choices.
+CHOICE_ALIASES: dict[str, dict[str, str]] = {"dtype": {"float": "float32", "half": "float16"}}
+
+
+def accepted_values(field: str) -> tuple[str, ...] | None:
+    """Every value a choice setting accepts (its choices, then their aliases), or None."""
+    choices = _literal_choices(field)
+    if choices is None:
+        return None
+    return choices + tuple(CHOICE_ALIASES.get(field, {}))
 
 
 def _literal_choices(field: str) -> tuple[str, ...] | None:
@@ -339,7 +369,7 @@ def build_settings(flags: Mapping[str, Any], environ: Mapping[str, str] | None =
         name = _source_name(field, from_env) if field in Settings.model_fields else field
         bad = values.get(field, err.get("input"))
         shown = "***" if field == "api_key" else repr(bad)
-        choices = _literal_choices(field) if field in Settings.model_fields else None
+        choices = accepted_values(field) if field in Settings.model_fields else None
         if choices:
             raise ConfigError(
                 f"invalid {name}={shown}: valid values are {', '.join(choices)}"

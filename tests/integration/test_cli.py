@@ -34,12 +34,18 @@ def test_invalid_protocol_version_exits_2_before_any_port(value: str) -> None:
     [
         (["serve", "--model_nmae", "x"], "--model_nmae"),
         (["serve", "--model_name", "x", "--bogus"], "--bogus"),
-        (["--model_name", "x", "--http-port", "1"], "--http-port"),
+        (["--model_name", "x", "--http-prot", "1"], "--http-prot"),
         (["serve", "--http_port", "notanumber"], "--http_port"),
         (["serve", "--enable_grpc", "maybe"], "maybe"),
         (["serve", "--model_dir", "/definitely/not/here"], "/definitely/not/here"),
         (["serve", "--model_class", "examples/nope.py"], "--model_class"),
         (["serve", "--model_class", "examples/nope.py:Model"], "examples/nope.py"),
+        # a class-name typo, a class of the wrong kind, an import error: before any port opens
+        (["serve", "--model_class", "examples/custom_model.py:Scalr"], "has no attribute Scalr"),
+        (["serve", "--model_class", "examples/custom_model.py:TensorSpec"], "steadyserve.Model"),
+        (["serve", "--model_class", "tests/models/broken_import.py:X"], "ModuleNotFoundError"),
+        (["serve", "--dtype", "fp8"], "auto, float32, bfloat16, float16, float, half"),
+        (["serve", "--model-nmae", "x"], "did you mean --model-name?"),
     ],
 )
 def test_bad_flags_exit_2_naming_them(args: list[str], needle: str) -> None:
@@ -109,15 +115,17 @@ def test_kserve_huggingfaceserver_flags_start_the_server_and_are_named() -> None
     with ServerProcess(*args) as srv, srv.client() as c:
         r = c.post("/v1/models/scaler:predict", json={"instances": [[1.5]]})
         assert r.status_code == 200 and r.json() == {"predictions": [[3.0]]}
+        # --enable_docs_url is KServe's flag and has its effect here: docs off
+        assert c.get("/docs").status_code == 404 and c.get("/openapi.json").status_code == 404
         logs = srv.logs()
     for flag in (
         "--workers=1",
-        "--enable_docs_url=False",
         "--disable_lower_case=True",
         "--return_probabilities=True",
     ):
         assert f"{flag} is accepted for KServe compatibility and has no effect" in logs, flag
-    assert "'max_model_len': 128" in logs and "'dtype': 'float32'" in logs
+    assert "--enable_docs_url" not in logs
+    assert "  max_model_len = 128" in logs and "  dtype = 'float32'" in logs
 
 
 @pytest.mark.parametrize(

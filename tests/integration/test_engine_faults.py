@@ -244,15 +244,18 @@ def test_crash_loop_fails_liveness() -> None:
         assert srv.proc is not None and srv.proc.poll() is None  # the HTTP process stays up
 
 
-def test_sigterm_drains_then_exits_zero() -> None:
+def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
+    # the in-flight request is held until released, not for a fixed time that load can outlast
+    release = tmp_path / "release"
     with ServerProcess(*FAST) as srv, ThreadPoolExecutor(2) as pool:
-        slow = pool.submit(predict, srv.url, "sleep:1.5")
-        wait_for(lambda: srv.debug()["models"]["faulty"]["in_flight"] == 1, timeout=5)
+        slow = pool.submit(predict, srv.url, f"wait:{release}", 60)
+        wait_for(lambda: srv.debug()["models"]["faulty"]["in_flight"] == 1, timeout=30)
         assert srv.proc is not None
         os.kill(srv.proc.pid, signal.SIGTERM)
-        wait_for(lambda: ready(srv) == 503, timeout=2)
+        wait_for(lambda: ready(srv) == 503, timeout=10)
         r = predict(srv.url, "late")
         assert r.status_code == 503 and "Retry-After" in r.headers
+        release.touch()
         assert slow.result().status_code == 200  # in-flight work finished
         assert srv.proc.wait(timeout=15) == 0
 

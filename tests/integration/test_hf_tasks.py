@@ -167,6 +167,45 @@ def test_bad_input_then_good(served: tuple[str, ServerProcess]) -> None:
         _check_prediction(task, r.json()["predictions"][0])
 
 
+def test_empty_text_is_400_alone_or_batched(served: tuple[str, ServerProcess]) -> None:
+    """An empty text means no input: a 400 for every task, whether it comes alone or beside real
+    text (the answer never depends on what it is batched with), over V1 and V2."""
+    task, srv = served
+    text = TEXTS.get(task, DEFAULT_TEXTS)[0]
+    with srv.client() as c:
+        for instances in ([""], [text, ""]):
+            r = _v1(c, task, instances, PARAMS.get(task))
+            assert r.status_code == 400 and "empty string" in r.json()["error"], r.text
+            body = {
+                "inputs": [
+                    {
+                        "name": "text",
+                        "datatype": "BYTES",
+                        "shape": [len(instances)],
+                        "data": instances,
+                    }
+                ],
+                "parameters": PARAMS.get(task, {}),
+            }
+            r = c.post(f"/v2/models/{task}/infer", json=body)
+            assert r.status_code == 400 and "empty string" in r.json()["error"], r.text
+        assert _v1(c, task, [text], PARAMS.get(task)).status_code == 200
+
+
+def test_generation_parameters_not_honoured_are_400(server: ServerProcess) -> None:
+    with server.client() as c:
+        for task in ("text_generation", "text2text_generation"):
+            r = _v1(c, task, ["hello"], {"max_new_tokens": 2, "temperature": 0.7})
+            assert r.status_code == 400 and "'temperature'" in r.json()["error"], r.text
+            body = {
+                "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}],
+                "parameters": {"max_new_tokens": 2, "top_p": 0.5},
+            }
+            r = c.post(f"/v2/models/{task}/infer", json=body)
+            assert r.status_code == 400 and "'top_p'" in r.json()["error"], r.text
+            assert _v1(c, task, ["hello"], {"max_new_tokens": 2}).status_code == 200
+
+
 def test_generation_prompt_too_long(server: ServerProcess) -> None:
     task = "text_generation"
     with server.client() as c:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -234,13 +235,16 @@ def test_openai_requests_are_labelled_with_the_body_model(client: httpx.Client) 
 
 
 def test_predict_work_shows_in_the_worker_gauges(
-    client: httpx.Client, server: ServerProcess
+    client: httpx.Client, server: ServerProcess, tmp_path: Path
 ) -> None:
     """A running predict batch and the requests waiting behind it are visible (not only
     generation): `worker_running` / `worker_queued` and /debug/engine agree."""
     import threading
 
-    threads = [threading.Thread(target=predict, args=(client, "sleep:1.5")) for _ in range(3)]
+    # held in the worker until released (not for a fixed time: under load the three requests
+    # may take longer than any fixed sleep to arrive)
+    release = tmp_path / "release"
+    threads = [threading.Thread(target=predict, args=(client, f"wait:{release}")) for _ in range(3)]
     for t in threads:
         t.start()
         time.sleep(0.05)
@@ -252,10 +256,11 @@ def test_predict_work_shows_in_the_worker_gauges(
             queued = value(samples, "steadyserve_worker_queued", model="faulty")
             return running >= 1 and running + queued == 3
 
-        wait_for(busy, timeout=3)
+        wait_for(busy, timeout=30)
         stats = server.debug()["models"]["faulty"]
         assert stats["worker_running"] >= 1 and stats["in_flight"] == 3
     finally:
+        release.touch()
         for t in threads:
             t.join(30)
     wait_for(

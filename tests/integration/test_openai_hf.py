@@ -252,7 +252,9 @@ def test_oversized_prompts_are_refused_before_tokenizing(
         err = r.json()["error"]
         assert err["param"] == param, err
         assert " characters, more than" in err["message"] and "256 tokens" in err["message"], err
-        assert elapsed < 3.0, (path, elapsed)  # JSON of 20 MB included; tokenizing took ~39 s
+        # tokenizing took ~39 s of CPU; the pre-check is milliseconds plus sending and parsing
+        # 20 MB, which on 2 cores shared with other work can take a few seconds of wall time
+        assert elapsed < 15.0, (path, elapsed)
         assert complete(client, "gpt2").status_code == 200
 
     def big(i: int) -> int:

@@ -157,14 +157,14 @@ def test_predict_and_infer(client: httpx.Client) -> None:
         (
             "post",
             "/v1/models/scaler:predict",
-            {"json": {"instances": [1]}, "headers": {"x-request-timeout": "abc"}},
+            {"json": {"instances": [[1]]}, "headers": {"x-request-timeout": "abc"}},
             400,
             "timeout",
         ),
         (
             "post",
             "/v1/models/scaler:predict",
-            {"json": {"instances": [1]}, "headers": {"x-request-timeout": "-1"}},
+            {"json": {"instances": [[1]]}, "headers": {"x-request-timeout": "-1"}},
             400,
             "timeout",
         ),

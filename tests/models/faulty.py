@@ -8,6 +8,8 @@ predict instances (strings):
   "hang"         -> sleeps forever (hang detection kills the worker)
   "oom"          -> allocates until MemoryError (run with a worker memory limit)
   "sleep:S"      -> sleeps S seconds, then echoes
+  "wait:PATH"    -> waits until the file PATH exists (at most 60 s), then echoes: holds a
+                    request in the worker for exactly as long as a test needs, under any load
   "env:NAME"     -> the worker's environment variable NAME ("" when unset)
   anything else  -> echoed back upper-cased
 generate: prompt text "raise-after:N" fails after N tokens, "crash-after:N" kills the worker,
@@ -71,6 +73,12 @@ class Faulty(steadyserve.Model):
                 hog = []
                 while True:
                     hog.append(bytearray(64 * 1024 * 1024))
+            if text.startswith("wait:"):
+                deadline = time.monotonic() + 60
+                while not os.path.exists(text[5:]) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                out.append(text)
+                continue
             if text.startswith("sleep:"):
                 time.sleep(float(text.split(":", 1)[1]))
                 out.append(text)

@@ -9,7 +9,7 @@ import pytest
 from starlette.requests import Request
 
 from steadyserve import errors
-from steadyserve.transport.http import error_response
+from steadyserve.transport.errors import error_response
 
 
 def _request(path: str) -> Request:

@@ -139,3 +139,21 @@ def test_positions_keep_engine_order_on_ties(chat: bool) -> None:
     positions = ro._positions(j, ev)
     assert [t.token for t in positions[0].top] == ["token_id:1", "token_id:9", "token_id:5"]
     assert resp.logprobs_text_length(positions) == len("token_id:1") + len("token_id:2")
+
+
+def test_special_tokens_have_no_text_so_offsets_describe_the_returned_text(
+    tiny_t5_dir: str,
+) -> None:
+    """T5 completions with logprobs returned '' as text but four '<pad>' tokens whose offsets ran
+    past it (issue 11): a special token is left out of the text, so its logprobs text is ''."""
+    tokenizer = loaded(tiny_t5_dir).tokenizer
+    pad = tokenizer.pad_token_id
+    assert serving.token_text(tokenizer, pad) == ""
+    assert serving.token_bytes(tokenizer, pad, "", False) == []
+    ev = Event(0, "", [pad] * 4, logprobs=[-0.1] * 4, top_logprobs=[{pad: -0.1}] * 4)
+    positions = ro._positions(job(tokenizer, False), ev)
+    body = resp.completion_logprobs_body(positions)
+    assert "".join(body["tokens"]) == ""  # the returned text
+    assert body["text_offset"] == [0, 0, 0, 0]
+    word = tokenizer("hello", add_special_tokens=False)["input_ids"][0]
+    assert serving.token_text(tokenizer, word) != ""

@@ -25,7 +25,7 @@ def check(instances: list[Any], model: ModelInfo = FP32) -> None:
 
 @pytest.mark.parametrize(
     "instances",
-    [[[1, 2], [3, 4]], [[1.5, float("nan")]], [1, 2], [[[1], [2]], [[3], [4]]], [[]]],
+    [[[1, 2], [3, 4]], [[1.5, float("nan")]], [[]], [[1, 2]] * 3],
 )
 def test_good_instances(instances: list[Any]) -> None:
     check(instances)
@@ -35,6 +35,12 @@ def test_good_instances(instances: list[Any]) -> None:
     ("instances", "model", "needle"),
     [
         ([[1, 2], [3]], FP32, r"instance 1 has shape \[1\] but instance 0 has \[2\]"),
+        # the declared shape holds for V1 as for V2 (instances are its first dimension)
+        ([1, 2], FP32, r"instances form shape \[2\].*shape \[-1, -1\]"),
+        ([[[1], [2]], [[3], [4]]], FP32, r"instances form shape \[2, 2, 1\]"),
+        ([[1, 2, 3]], info(TensorSpec("x", "FP32", [-1, 2])), r"form shape \[1, 3\]"),
+        ([[10**309]], FP32, "out of range for FP32"),  # a JSON integer too large for a float
+        ([[0]] * 100_001, FP32, "at most 100000 items"),
         ([[[1, 2], [3]]], FP32, "instance 0 is ragged"),
         ([1, [2]], FP32, "instance 1 has shape"),
         ([["a", "b"]], FP32, "input 'x': FP32 elements must be numbers"),

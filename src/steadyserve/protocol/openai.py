@@ -65,12 +65,21 @@ def chat_refusal_reason(info: ModelInfo) -> str:
 # ---- sampling ----------------------------------------------------------------------------------
 
 
+def _finite(value: float) -> bool:
+    """``math.isfinite`` that is False (not an ``OverflowError``) for a JSON integer too large
+    for a float (``1`` followed by 309 zeros)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _in_range(
     value: float | None, name: str, lo: float, hi: float, *, lo_open: bool = False
 ) -> None:
     if value is None:
         return
-    ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+    ok = _finite(value) and (value > lo if lo_open else value >= lo) and value <= hi
     if not ok:
         bracket = "(" if lo_open else "["
         raise InvalidInput(f"'{name}' must be in {bracket}{lo}, {hi}], got {value}", param=name)
@@ -133,7 +142,7 @@ def sampling_params(
     for key, value in (req.logit_bias or {}).items():
         token = _token_id_key(key)
         check_token_ids([token], info.vocab_size, "logit_bias")
-        if not (math.isfinite(value) and -100 <= value <= 100):
+        if not (_finite(value) and -100 <= value <= 100):
             raise InvalidInput("logit_bias values must be in [-100, 100]", param="logit_bias")
         bias[token] = float(value)
     stop_ids = list(req.stop_token_ids or [])

@@ -2,7 +2,8 @@
 
 When the model declares a single numeric (or BOOL) input, :func:`check_against_metadata` checks
 the instances against it at the edge, as V2 checks its tensors: together they must form one
-rectangular array (no ragged rows) of values of the declared datatype, in range. Otherwise the
+rectangular array (no ragged rows) of the declared shape (the instances are its first dimension)
+and of values of the declared datatype, in range. Otherwise the
 model's own conversion (e.g. ``np.asarray(instances, dtype=np.float32)``) would fail on the
 client's data and the client would get a 500 for its own mistake.
 """
@@ -12,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from steadyserve.errors import InvalidInput
-from steadyserve.protocol.v2 import check_values
+from steadyserve.protocol.v2 import MAX_ITEMS, check_values, shape_matches
 from steadyserve.types import V2_TO_NUMPY, ModelInfo, PredictRequest, PredictResponse
 
-MAX_INSTANCES = 100_000
+MAX_INSTANCES = MAX_ITEMS  # one limit for V1 instances and V2 rows / BYTES elements
 MAX_DEPTH = 32
 
 
@@ -34,7 +35,7 @@ def decode_predict_request(body: Any) -> PredictRequest:
     if not isinstance(instances, list) or not instances:
         raise InvalidInput(f"'{key}' must be a non-empty list")
     if len(instances) > MAX_INSTANCES:
-        raise InvalidInput(f"at most {MAX_INSTANCES} instances per request")
+        raise InvalidInput(f"at most {MAX_INSTANCES} items (instances) per request")
     parameters = body.get("parameters", {})
     if parameters is None:
         parameters = {}
@@ -86,6 +87,12 @@ def check_against_metadata(request: PredictRequest, info: ModelInfo) -> None:
                 f"{expects} needs instances of one shape"
             )
     check_values(spec.name, spec.datatype, flat)
+    batch = [len(request.instances), *(first or ())]
+    if not shape_matches(spec.shape, batch):
+        raise InvalidInput(
+            f"instances form shape {batch} (instances x each instance's shape); {expects} "
+            "(-1 is any size)"
+        )
 
 
 def encode_predict_response(response: PredictResponse) -> dict[str, Any]:

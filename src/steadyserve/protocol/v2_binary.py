@@ -1,7 +1,5 @@
-"""The V2 binary tensor data extension: raw tensor bytes ⇄ :class:`Tensor`.
-
-BYTES elements are each a 4-byte little-endian length followed by the bytes; other datatypes are
-the flat little-endian array. Every length is checked: a lying size is a 400, never an over-read.
+"""The V2 binary tensor data extension over HTTP (the raw tensor codec itself is the leaf module
+:mod:`steadyserve.protocol.raw_tensor`, re-exported here).
 
 Over HTTP a request body is ``JSON header + binary tail`` when the ``Inference-Header-Content-Length``
 header is given: the inputs that declare ``parameters.binary_data_size`` take their bytes from the
@@ -13,61 +11,28 @@ reuses :func:`tensor_from_raw` / :func:`tensor_to_raw`. Pure functions, no I/O.
 from __future__ import annotations
 
 import json
-import math
-import struct
 from typing import Any
 
 from steadyserve.errors import InvalidInput
-from steadyserve.types import V2_TO_NUMPY, InferRequest, InferResponse, Tensor
+from steadyserve.protocol.raw_tensor import (
+    serialize_bytes_elements,
+    split_bytes_elements,
+    tensor_from_raw,
+    tensor_to_raw,
+)
+from steadyserve.protocol.v2 import encode_infer_response, tensor_to_json
+from steadyserve.types import InferRequest, InferResponse
 
-_LEN = struct.Struct("<I")
-
-
-def split_bytes_elements(name: str, raw: bytes, count: int) -> list[bytes]:
-    """Parse ``count`` length-prefixed BYTES elements; the buffer must be consumed exactly."""
-    out: list[bytes] = []
-    offset = 0
-    view = memoryview(raw)
-    for _ in range(count):
-        if offset + 4 > len(raw):
-            raise InvalidInput(f"input '{name}': BYTES data is truncated")
-        (length,) = _LEN.unpack_from(raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise InvalidInput(f"input '{name}': BYTES element length {length} exceeds the data")
-        out.append(bytes(view[offset : offset + length]))
-        offset += length
-    if offset != len(raw):
-        raise InvalidInput(f"input '{name}': {len(raw) - offset} unexpected trailing bytes")
-    return out
-
-
-def serialize_bytes_elements(elements: list[bytes]) -> bytes:
-    return b"".join(_LEN.pack(len(e)) + e for e in elements)
-
-
-def tensor_from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> Tensor:
-    count = math.prod(shape)
-    if datatype == "BYTES":
-        return Tensor(
-            name=name, datatype=datatype, shape=shape, data=split_bytes_elements(name, raw, count)
-        )
-    itemsize = V2_TO_NUMPY[datatype].itemsize
-    if len(raw) != count * itemsize:
-        raise InvalidInput(
-            f"input '{name}': shape {shape} of {datatype} needs {count * itemsize} bytes, "
-            f"got {len(raw)}"
-        )
-    return Tensor(name=name, datatype=datatype, shape=shape, data=bytes(raw))
-
-
-def tensor_to_raw(tensor: Tensor) -> bytes:
-    if tensor.datatype == "BYTES":
-        assert isinstance(tensor.data, list)
-        return serialize_bytes_elements(tensor.data)
-    assert isinstance(tensor.data, bytes)
-    return tensor.data
-
+__all__ = [
+    "HEADER_LENGTH",
+    "encode_binary_response",
+    "parse_header_length",
+    "serialize_bytes_elements",
+    "split_binary_inputs",
+    "split_bytes_elements",
+    "tensor_from_raw",
+    "tensor_to_raw",
+]
 
 # ---- HTTP framing: JSON header + binary tail ---------------------------------------------------
 
@@ -78,7 +43,7 @@ HEADER_LENGTH = "inference-header-content-length"
 def parse_header_length(raw: str, body_length: int) -> int:
     """The ``Inference-Header-Content-Length`` value, checked against the body length."""
     text = raw.strip()
-    if not text.isdigit() or len(text) > 19:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:  # "\xb2".isdigit() is True
         raise InvalidInput(
             f"Inference-Header-Content-Length must be a non-negative integer, got {raw[:40]!r}"
         )
@@ -147,7 +112,6 @@ def encode_binary_response(
 ) -> tuple[bytes, int] | None:
     """The response as JSON header + binary tail, with the header's length; ``None`` when no
     output is asked for as binary (answer plain JSON then)."""
-    from steadyserve.protocol.v2 import encode_infer_response, tensor_to_json
 
     binary = [wants_binary(request, t.name) for t in response.outputs]
     if not any(binary):

@@ -23,7 +23,7 @@ import numpy as np
 from steadyserve.errors import InvalidInput
 from steadyserve.protocol import v2
 from steadyserve.protocol.grpc_gen import grpc_predict_v2_pb2 as pb
-from steadyserve.protocol.v2_binary import tensor_from_raw, tensor_to_raw
+from steadyserve.protocol.raw_tensor import tensor_from_raw, tensor_to_raw
 from steadyserve.types import (
     V2_DATATYPES,
     V2_TO_NUMPY,
@@ -148,6 +148,7 @@ def decode_infer_request(msg: Any) -> InferRequest:
         seen.add(name)
         datatype = _check_datatype(name, item.datatype)
         shape = v2.check_shape(name, [int(d) for d in item.shape])
+        v2.check_items(name, datatype, shape)
         has_contents = item.HasField("contents")
         if raw:
             if has_contents and item.contents.ListFields():

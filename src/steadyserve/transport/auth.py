@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from steadyserve.errors import Unauthorized
-from steadyserve.transport.http import error_response
+from steadyserve.transport.errors import error_response
 
 #: paths open without a key unless ``auth_health`` is set: liveness, readiness (TorchServe's
 #: ``/ping`` too), server metadata and the Prometheus scrape.

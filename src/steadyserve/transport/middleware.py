@@ -13,7 +13,8 @@ Order, outermost first (:func:`install`):
 4. :class:`BodyLimitMiddleware` - 413 as soon as ``Content-Length`` is too large, or as soon as
    a chunked body passes the limit while it streams in; nothing is buffered here.
 5. :class:`DecompressMiddleware` - ``Content-Encoding: gzip`` / ``deflate`` request bodies
-   decompressed as they stream in, the decompressed size held to the same limit (413).
+   decompressed as they stream in (every member of a multi-member gzip body; junk after the
+   end is a 400), the decompressed size held to the same limit (413).
 
 The header *bytes* bound lives one level lower, in the HTTP parser (:func:`http_protocol`),
 because by the time ASGI sees headers they are already in memory.
@@ -21,6 +22,7 @@ because by the time ASGI sees headers they are already in memory.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -35,11 +37,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from steadyserve.errors import PayloadTooLarge, bounded
+from steadyserve.errors import PayloadTooLarge, ServiceUnavailable, bounded
 from steadyserve.logs import request_id_var
 from steadyserve.transport.auth import AuthMiddleware
 from steadyserve.transport.context import ServerContext
-from steadyserve.transport.http import error_response
+from steadyserve.transport.errors import error_response
 from steadyserve.transport.metrics import MODEL_SCOPE_KEY, UNMATCHED_ROUTE, Metrics
 
 access_log = logging.getLogger("steadyserve.access")
@@ -51,6 +53,22 @@ MAX_REQUEST_ID_CHARS = 128
 MAX_HEADERS = 100
 #: largest request line + header block, enforced by the HTTP parser (431 / 400 past it)
 MAX_HEADER_BYTES = 64 * 1024
+#: longest a request's line + headers may take to arrive, or its body may stall (seconds)
+READ_TIMEOUT_S = 30.0
+
+
+#: health probes and scrapes: their access lines are DEBUG (a failing one stays INFO)
+PROBE_ROUTES = frozenset(
+    {
+        "/",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{name}/ready",
+        "/v2/models/{name}/versions/{version}/ready",
+        "/v1/models/{name}",
+        "/metrics",
+    }
+)
 
 
 def valid_request_id(value: bytes) -> str | None:
@@ -124,7 +142,11 @@ class RequestContextMiddleware:
             if self.metrics is not None:
                 self.metrics.observe_request(scope["method"], route, model, status, elapsed)
             shown = route if route != UNMATCHED_ROUTE else repr(bounded(scope["path"], 200))
-            access_log.info(
+            # probes (Kubernetes asks every few seconds) at DEBUG unless they fail
+            level = logging.DEBUG if route in PROBE_ROUTES and status < 400 else logging.INFO
+            model_name = bounded(str(model), 128) if model else None
+            access_log.log(
+                level,
                 "%s %s %d %.1fms",
                 scope["method"],
                 shown,
@@ -135,9 +157,30 @@ class RequestContextMiddleware:
                     "route": route,
                     "status": status,
                     "duration_ms": round(elapsed * 1000.0, 3),
+                    **({"model": model_name} if model_name else {}),
                 },
             )
             request_id_var.reset(token)
+
+
+class ShuttingDownMiddleware:
+    """While the server drains, a new request (other than a probe or a scrape) is a 503 "the
+    server is shutting down" with Retry-After, before it reaches a route."""
+
+    def __init__(self, app: ASGIApp, registry: Any) -> None:
+        self.app = app
+        self.registry = registry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.registry.draining and not _is_probe(scope["path"]):
+            exc = ServiceUnavailable("the server is shutting down", retry_after=5)
+            await error_response(Request(scope), exc)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _is_probe(path: str) -> bool:
+    return path in ("/", "/metrics") or path.startswith("/v2/health/") or path.endswith("/ready")
 
 
 class BodyLimitMiddleware:
@@ -237,11 +280,21 @@ class DecompressMiddleware:
         produced = 0
         limit = self.max_bytes
 
+        multi_member = encoding in (b"gzip", b"x-gzip")
+
         def expand(data: bytes) -> bytes:
-            nonlocal produced
+            nonlocal produced, decoder
             out = []
             try:
                 while data:
+                    if decoder.eof:
+                        # RFC 1952: a gzip body may hold several members, one after another
+                        # (all decoded); anything else after the end is refused, not dropped
+                        if not multi_member:
+                            raise StarletteHTTPException(
+                                400, f"request body has data after the end of the {label} stream"
+                            )
+                        decoder = zlib.decompressobj(wbits)
                     piece = decoder.decompress(data, limit - produced + 1)
                     produced += len(piece)
                     if produced > limit:
@@ -250,7 +303,7 @@ class DecompressMiddleware:
                             f"request body exceeds the limit of {limit} bytes once decompressed",
                         )
                     out.append(piece)
-                    data = decoder.unconsumed_tail
+                    data = decoder.unused_data if decoder.eof else decoder.unconsumed_tail
             except zlib.error as exc:
                 raise StarletteHTTPException(
                     400, f"request body is not valid {label} data: {exc}"
@@ -274,10 +327,18 @@ class DecompressMiddleware:
         await self.app(scope, decoded_receive, send)
 
 
-def http_protocol(max_header_bytes: int = MAX_HEADER_BYTES) -> Any:
+def http_protocol(
+    max_header_bytes: int = MAX_HEADER_BYTES, read_timeout_s: float = READ_TIMEOUT_S
+) -> Any:
     """The uvicorn ``http`` protocol: httptools with the request line + headers bounded to
     ``max_header_bytes`` (431 and close past it; plain httptools buffers any size), or ``"h11"``
-    (bound by ``h11_max_incomplete_event_size``) when httptools is not installed."""
+    (bound by ``h11_max_incomplete_event_size``) when httptools is not installed.
+
+    Read timeouts (uvicorn has none before the first request, nor inside one): a connection
+    closes when a request's line and headers have not all arrived ``read_timeout_s`` after its
+    first byte (or after the connection opened, for one that sends nothing), or when its body
+    stalls that long (not while the server itself paused reading). Between requests,
+    uvicorn's keep-alive timeout applies."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # pragma: no cover - uvicorn without [standard]
@@ -285,7 +346,36 @@ def http_protocol(max_header_bytes: int = MAX_HEADER_BYTES) -> Any:
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         _in_headers = False
+        _in_body = False
         _header_bytes = 0
+        _read_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_read_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_read_timer()
+            super().connection_lost(exc)
+
+        def _arm_read_timer(self) -> None:
+            self._cancel_read_timer()
+            self._read_timer = self.loop.call_later(read_timeout_s, self._read_timed_out)
+
+        def _cancel_read_timer(self) -> None:
+            if self._read_timer is not None:
+                self._read_timer.cancel()
+                self._read_timer = None
+
+        def _read_timed_out(self) -> None:
+            self._read_timer = None
+            if self.transport.is_closing():
+                return
+            if self._in_body and self.flow is not None and self.flow.read_paused:
+                self._arm_read_timer()  # the server stopped reading, not the client sending
+                return
+            log.info("closing a connection that sent no complete request in %gs", read_timeout_s)
+            self.transport.close()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -294,9 +384,18 @@ def http_protocol(max_header_bytes: int = MAX_HEADER_BYTES) -> Any:
 
         def on_headers_complete(self) -> None:
             self._in_headers = False
+            self._in_body = True
+            self._arm_read_timer()  # from here: the body's idle timeout
             super().on_headers_complete()
 
+        def on_message_complete(self) -> None:
+            self._in_body = False
+            self._cancel_read_timer()
+            super().on_message_complete()
+
         def data_received(self, data: bytes) -> None:
+            if self._in_body or self._read_timer is None:
+                self._arm_read_timer()  # a body's next chunk, or a new request's first byte
             idle = not self._in_headers and (self.cycle is None or self.cycle.response_complete)
             if idle:
                 # a new request starts with this chunk: its header block may be whole in it
@@ -341,6 +440,7 @@ def install(app: FastAPI, ctx: ServerContext) -> None:
 
     settings = ctx.settings
     app.add_middleware(DecompressMiddleware, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(ShuttingDownMiddleware, registry=ctx.registry)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     keys = settings.api_keys()
     if keys:

@@ -86,10 +86,12 @@ async def apply_chat_template(
 
 
 def token_text(tokenizer: Any | None, token_id: int) -> str:
-    """A token's text for logprobs."""
+    """A token's text for logprobs, as it appears in the returned text: special tokens (T5's
+    ``<pad>``, ``</s>``) are left out of that text, so their text is ``""`` and ``tokens`` /
+    ``text_offset`` describe the text actually returned."""
     if tokenizer is None:
         return f"token_id:{token_id}"
-    return str(tokenizer.decode([token_id], skip_special_tokens=False))
+    return str(tokenizer.decode([token_id], skip_special_tokens=True))
 
 
 def token_bytes(tokenizer: Any | None, token_id: int, text: str, byte_level: bool) -> list[int]:
@@ -97,6 +99,8 @@ def token_bytes(tokenizer: Any | None, token_id: int, text: str, byte_level: boo
     character): byte-level BPE maps its token string back to bytes, a sentencepiece
     byte-fallback token ``<0xAB>`` is that byte; otherwise the UTF-8 of ``text``."""
     if tokenizer is not None:
+        if not text and token_id in set(getattr(tokenizer, "all_special_ids", ())):
+            return []  # a special token: not in the returned text (see token_text)
         piece = tokenizer.convert_ids_to_tokens(token_id)
         if isinstance(piece, str) and piece:
             if byte_level:

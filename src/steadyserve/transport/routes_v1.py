@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -13,11 +14,12 @@ from steadyserve.protocol import v1
 from steadyserve.transport.common import (
     DataJSONResponse,
     cancel_on_disconnect,
-    read_json,
+    off_loop,
+    parse_json_bytes,
     request_timeout,
 )
 from steadyserve.transport.context import ServerContext
-from steadyserve.types import Capability
+from steadyserve.types import Capability, ModelInfo, PredictRequest
 
 
 def build_router(ctx: ServerContext) -> APIRouter:
@@ -36,6 +38,16 @@ def build_router(ctx: ServerContext) -> APIRouter:
         names = registry.names()
         return {"models": names, **openai_model_list(ctx)}
 
+    @router.api_route(
+        "/v1/models/{name}:predict",
+        methods=["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        include_in_schema=False,
+    )
+    async def predict_wrong_method(name: str) -> None:
+        # without it, GET would reach /v1/models/{name} ("model 'm:predict' is not loaded") and
+        # PUT its 405 with "Allow: GET"
+        raise StarletteHTTPException(405, "use POST for :predict", headers={"Allow": "POST"})
+
     @router.get("/v1/models/{name}")
     async def model_status(name: str) -> JSONResponse:
         from steadyserve.transport.routes_models import openai_model_card
@@ -48,18 +60,24 @@ def build_router(ctx: ServerContext) -> APIRouter:
     @router.post("/v1/models/{name}:predict")
     async def predict(name: str, request: Request) -> JSONResponse:
         engine = registry.get(name)
-        body = await read_json(request)
+        body = await request.body()
         info = engine.require_ready_info()
         if Capability.PREDICT not in info.capabilities:
             raise UnsupportedEndpoint(
                 f"model {name} does not support V1 :predict; it supports: "
                 f"{', '.join(info.capabilities) or 'nothing'}"
             )
-        req = v1.decode_predict_request(body)
-        v1.check_against_metadata(req, info)
+        # parsed and checked in a thread when large: the event loop keeps answering probes
+        req = await off_loop(len(body), _decode, body, info)
         result = await cancel_on_disconnect(
             request, engine.predict(req, timeout_s=request_timeout(request))
         )
         return DataJSONResponse(v1.encode_predict_response(result))
 
     return router
+
+
+def _decode(body: bytes, info: ModelInfo) -> PredictRequest:
+    req = v1.decode_predict_request(parse_json_bytes(body))
+    v1.check_against_metadata(req, info)
+    return req

@@ -14,8 +14,8 @@ from steadyserve.protocol import v2, v2_binary
 from steadyserve.transport.common import (
     DataJSONResponse,
     cancel_on_disconnect,
+    off_loop,
     parse_json_bytes,
-    read_json,
     request_timeout,
 )
 from steadyserve.transport.context import ServerContext
@@ -82,9 +82,14 @@ async def decode_request(request: Request) -> v2.InferRequest:
     """JSON body, or - with ``Inference-Header-Content-Length`` - the binary tensor extension:
     a JSON header followed by the raw bytes of the inputs that declare ``binary_data_size``."""
     raw_length = request.headers.get(v2_binary.HEADER_LENGTH)
-    if raw_length is None:
-        return v2.decode_infer_request(await read_json(request))
     body = await request.body()
+    # parsed and validated in a thread when large: the event loop keeps answering probes
+    return await off_loop(len(body), _decode_body, body, raw_length)
+
+
+def _decode_body(body: bytes, raw_length: str | None) -> v2.InferRequest:
+    if raw_length is None:
+        return v2.decode_infer_request(parse_json_bytes(body))
     length = v2_binary.parse_header_length(raw_length, len(body))
     header = parse_json_bytes(body[:length])
     binary_inputs = v2_binary.split_binary_inputs(header, body[length:])

@@ -45,6 +45,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from steadyserve.errors import InvalidInput
 from steadyserve.runtimes.huggingface.compiled import DecodeForward
+from steadyserve.runtimes.huggingface.hf_cache import cache_keyword, output_cache
 from steadyserve.runtimes.huggingface.kvcache import Batch, Seq, new_cache
 from steadyserve.runtimes.huggingface.sampling import Selection, select_tokens, stop_ids
 from steadyserve.runtimes.huggingface.slots import SlotBatch
@@ -90,6 +91,7 @@ class ContinuousBatcher:
                 raise ValueError(f"device={device} but the model is on {model_device}")
         self.model = model
         self.config = model.config
+        self._cache_kw = cache_keyword(model)  # "cache" on transformers 5 (no deprecation log)
         self.encoder_decoder = bool(getattr(self.config, "is_encoder_decoder", False))
         self.eos_token_ids = [int(t) for t in eos_token_ids]
         self.pad_token_id = int(pad_token_id)
@@ -301,7 +303,7 @@ class ContinuousBatcher:
                 attention_mask=batch.enc_mask,
                 decoder_input_ids=ids,
                 decoder_attention_mask=mask,
-                past_key_values=batch.cache,
+                **{self._cache_kw: batch.cache},
                 use_cache=True,
             )
         else:
@@ -310,11 +312,11 @@ class ContinuousBatcher:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=batch.positions.unsqueeze(1),
-                past_key_values=batch.cache,
+                **{self._cache_kw: batch.cache},
                 use_cache=True,
             )
             batch.positions = batch.positions + 1
-        batch.cache = out.past_key_values
+        batch.cache = output_cache(out)
         batch.mask = mask
         return out.logits[:, -1, :]
 
@@ -323,6 +325,8 @@ class ContinuousBatcher:
         slots = self.slots
         assert slots is not None
         inputs = slots.prepare_decode()
+        if self._cache_kw != "past_key_values":  # transformers 5 takes it as "cache"
+            inputs[self._cache_kw] = inputs.pop("past_key_values")
         if self.encoder_decoder:
             inputs["encoder_outputs"] = self._encoder_placeholder(inputs["attention_mask"])
         logits = self._forward(inputs).logits[:, -1, :]
@@ -404,12 +408,12 @@ class ContinuousBatcher:
                 encoder_outputs=enc,
                 attention_mask=mask,
                 decoder_input_ids=start,
-                past_key_values=cache,
+                **{self._cache_kw: cache},
                 use_cache=True,
             )
             batch = Batch(
                 seqs=list(seqs),
-                cache=out.past_key_values,
+                cache=output_cache(out),
                 mask=torch.ones((n, 1), dtype=torch.long, device=self.device),
                 last=start[:, 0],
                 enc_mask=mask,
@@ -421,14 +425,14 @@ class ContinuousBatcher:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
+                **{self._cache_kw: cache},
                 use_cache=True,
                 **extra,
             )
             lengths = torch.tensor([len(s.prompt) for s in seqs], dtype=torch.long)
             batch = Batch(
                 seqs=list(seqs),
-                cache=out.past_key_values,
+                cache=output_cache(out),
                 mask=mask,
                 last=ids[:, -1],
                 positions=lengths.to(self.device),

@@ -64,8 +64,32 @@ def texts_from_instances(instances: list[Any]) -> list[str]:
             raise InvalidInput(
                 f'instance {i} must be a string or {{"text": string}}, got {type(item).__name__}'
             )
+        if not item.strip():
+            # an empty text has no tokens to run: refused whatever it is batched with (a padded
+            # batch would otherwise answer for it with a score of padding)
+            raise InvalidInput(f"instance {i} is an empty string; every input needs some text")
         texts.append(item)
     return texts
+
+
+#: request parameters that belong to the transport (V2's binary extension), not to a task
+TRANSPORT_PARAMETERS = frozenset({"binary_data_output"})
+
+#: the parameters each generation task honours; any other (``temperature``, ``top_p``, a
+#: tritonclient ``sequence_id``...) is refused with a 400 naming it, never silently ignored
+GENERATION_PARAMETERS = frozenset({"max_new_tokens"})
+
+
+def check_generation_parameters(task: str, parameters: dict[str, Any]) -> None:
+    """400 for a parameter a generation task does not honour (greedy decoding only)."""
+    for name in parameters:
+        if name not in GENERATION_PARAMETERS and name not in TRANSPORT_PARAMETERS:
+            raise InvalidInput(
+                f"parameter '{str(name)[:60]}' is not supported by {task} over V1/V2 "
+                f"(greedy decoding; supported: {', '.join(sorted(GENERATION_PARAMETERS))}); "
+                "use the OpenAI completions endpoint for sampling",
+                param=str(name)[:60],
+            )
 
 
 def _param_int(parameters: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
@@ -103,6 +127,7 @@ def _to_device(enc: Any, device: str) -> dict[str, Any]:
 
 def generate_texts(ctx: TaskContext, texts: list[str], parameters: dict[str, Any]) -> list[str]:
     """Greedy batched ``generate()``; returns only the new text of each input."""
+    check_generation_parameters("text generation", parameters)
     max_new = _param_int(
         parameters, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS, 1, max(1, ctx.max_model_len)
     )
