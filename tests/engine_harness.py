@@ -36,8 +36,10 @@ class ThreadProcess:
         self._done = asyncio.Event()
 
     def exited(self, code: int) -> None:
-        """Thread-safe: the worker ended with ``code``."""
-        self._loop.call_soon_threadsafe(self._set, code)
+        """Thread-safe: the worker ended with ``code``. A worker thread that outlives its test
+        (its loop already closed) has nobody left to tell."""
+        with contextlib.suppress(RuntimeError):  # "Event loop is closed"
+            self._loop.call_soon_threadsafe(self._set, code)
 
     def _set(self, code: int) -> None:
         if self.returncode is None:

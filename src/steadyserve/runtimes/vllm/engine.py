@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from steadyserve.errors import InvalidInput, ModelError, bounded
+from steadyserve.runtimes.checks import check_prompt, check_sampling
 from steadyserve.types import GenerateRequest, SamplingParams, TokenDelta
 
 log = logging.getLogger("steadyserve.vllm")
@@ -204,40 +205,10 @@ class VllmEngine:
 
     # ---- validation (the Hugging Face engine's rules and messages) --------------------------
     def _check_prompt(self, ids: list[int] | None) -> list[int]:
-        if ids is None:
-            raise InvalidInput("prompt_token_ids is required (the server tokenizes the prompt)")
-        prompt = [int(t) for t in ids]
-        if not prompt:
-            raise InvalidInput("the prompt is empty")
-        bad = [t for t in prompt if not 0 <= t < self.vocab_size]
-        if bad:
-            raise InvalidInput(
-                f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})"
-            )
-        limit = self.max_model_len - 1
-        if len(prompt) > limit:
-            raise InvalidInput(
-                f"the prompt has {len(prompt)} tokens; this model accepts at most {limit} "
-                f"(max_model_len={self.max_model_len})"
-            )
-        return prompt
+        return check_prompt(ids, vocab_size=self.vocab_size, max_model_len=self.max_model_len)
 
     def _check_params(self, p: SamplingParams) -> None:
-        if p.max_tokens < 1:
-            raise InvalidInput("max_tokens must be at least 1")
-        if not p.temperature >= 0:
-            raise InvalidInput("temperature must be >= 0")
-        if not 0 < p.top_p <= 1:
-            raise InvalidInput("top_p must be in (0, 1]")
-        if p.top_k < 0:
-            raise InvalidInput("top_k must be >= 0")
-        if p.logprobs is not None and p.logprobs < 0:
-            raise InvalidInput("logprobs must be >= 0")
-        if not p.repetition_penalty > 0:
-            raise InvalidInput("repetition_penalty must be > 0")
-        for key in p.logit_bias:
-            if not 0 <= int(key) < self.vocab_size:
-                raise InvalidInput(f"logit_bias token id {key} is outside the vocabulary")
+        check_sampling(p, vocab_size=self.vocab_size)
 
 
 def _logprobs(
