@@ -485,7 +485,3 @@ class WorkerClient:
         if self.info is None or not self.ready:
             raise self._not_ready()
         return self.info
-
-
-#: the name this class had before the design pass (branches in flight may still use it)
-ModelEngine = WorkerClient

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import grpc
 
 from steadyserve import __version__
-from steadyserve.engine.client import ModelEngine
+from steadyserve.engine.protocol import EngineClient
 from steadyserve.errors import PayloadTooLarge, SteadyError
 from steadyserve.logs import request_id_var
 from steadyserve.protocol import v2, v2_grpc
@@ -152,7 +152,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.keys = auth.encode_keys(ctx.settings.api_keys())
         self.auth_health = ctx.settings.auth_health
 
-    def _engine(self, name: str, version: str) -> ModelEngine:
+    def _engine(self, name: str, version: str) -> EngineClient:
         engine = self.registry.get(name)
         v2.check_version(engine.info, version)  # the same check (and 404) as REST
         return engine

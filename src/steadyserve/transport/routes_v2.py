@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from steadyserve import __version__
-from steadyserve.engine.client import ModelEngine
+from steadyserve.engine.protocol import EngineClient
 from steadyserve.protocol import v2, v2_binary
 from steadyserve.transport.common import (
     DataJSONResponse,
@@ -27,7 +27,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
     router = APIRouter()
     registry = ctx.registry
 
-    def engine_for(name: str, version: str | None) -> ModelEngine:
+    def engine_for(name: str, version: str | None) -> EngineClient:
         engine = registry.get(name)
         v2.check_version(engine.info, version)
         return engine
