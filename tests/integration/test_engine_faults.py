@@ -260,6 +260,39 @@ def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
         assert srv.proc.wait(timeout=15) == 0
 
 
+def test_sigterm_drain_over_grpc_says_the_server_is_shutting_down(tmp_path: Path) -> None:
+    """gRPC callers get UNAVAILABLE with the same words as HTTP ones while the server drains,
+    and the request in flight still finishes."""
+    import grpc
+
+    from steadyserve.protocol.grpc_gen import grpc_predict_v2_pb2 as pb
+    from steadyserve.protocol.grpc_gen import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    def request(text: str) -> pb.ModelInferRequest:
+        msg = pb.ModelInferRequest(model_name="faulty")
+        tensor = msg.inputs.add(name="text", datatype="BYTES", shape=[1])
+        tensor.contents.bytes_contents.append(text.encode())
+        return msg
+
+    release = tmp_path / "release"
+    with ServerProcess(*FAST, grpc=True) as srv, ThreadPoolExecutor(1) as pool:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ModelInfer(request("ok"), timeout=30).outputs  # serving
+            slow = pool.submit(predict, srv.url, f"wait:{release}", 60)
+            wait_for(lambda: srv.debug()["models"]["faulty"]["in_flight"] == 1, timeout=30)
+            assert srv.proc is not None
+            os.kill(srv.proc.pid, signal.SIGTERM)
+            wait_for(lambda: ready(srv) == 503, timeout=10)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ModelInfer(request("late"), timeout=30)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "the server is shutting down" in (err.value.details() or "")
+            release.touch()
+            assert slow.result().status_code == 200
+        assert srv.proc.wait(timeout=15) == 0
+
+
 def test_sigterm_past_the_grace_period_ends_requests_with_503() -> None:
     """A request still running when the grace period ends gets a JSON 503 (not the transport's
     plain-text 500), and the server exits 0 soon after."""

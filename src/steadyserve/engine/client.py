@@ -298,8 +298,9 @@ class WorkerClient:
     # ---- admission -----------------------------------------------------------------------
     def _not_ready(self) -> ServiceUnavailable:
         if self.draining:
+            # the same words as the HTTP edge's drain answer, so gRPC callers read them too
             return ServiceUnavailable(
-                f"model {self.name} is draining (shutting down)", retry_after=5
+                f"the server is shutting down (model {self.name} is draining)", retry_after=5
             )
         if self.state in (State.STOPPING, State.STOPPED):
             return ServiceUnavailable(f"model {self.name} is not serving", retry_after=5)
