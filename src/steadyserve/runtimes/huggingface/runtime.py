@@ -59,18 +59,25 @@ _OUTPUTS: dict[str, list[TensorSpec]] = {
 }
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+def merge_eos_ids(*sources: Any) -> list[int]:
+    """The EOS ids of several ``eos_token_id`` values (an int, a list of ints or None), in
+    order, without repeats: the generation config's, the model config's, the tokenizer's. The
+    vLLM runtime collects them the same way."""
     ids: list[int] = []
-    gen = getattr(model, "generation_config", None)
-    for source in (
-        getattr(gen, "eos_token_id", None),
-        getattr(model.config, "eos_token_id", None),
-        getattr(tokenizer, "eos_token_id", None),
-    ):
+    for source in sources:
         for value in source if isinstance(source, list) else [source]:
             if isinstance(value, int) and value not in ids:
                 ids.append(value)
     return ids
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    gen = getattr(model, "generation_config", None)
+    return merge_eos_ids(
+        getattr(gen, "eos_token_id", None),
+        getattr(model.config, "eos_token_id", None),
+        getattr(tokenizer, "eos_token_id", None),
+    )
 
 
 class HuggingFaceModel(Model):

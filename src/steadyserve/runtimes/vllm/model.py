@@ -109,12 +109,9 @@ def _eos_ids(source: str, config: Any, tokenizer: Any) -> list[int]:
         gen_eos = transformers.GenerationConfig.from_pretrained(source).eos_token_id
     except Exception:  # noqa: BLE001 - no generation_config.json
         gen_eos = None
-    ids: list[int] = []
-    for value in (gen_eos, getattr(config, "eos_token_id", None), tokenizer.eos_token_id):
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, int) and item not in ids:
-                ids.append(item)
-    return ids
+    from steadyserve.runtimes.huggingface.runtime import merge_eos_ids
+
+    return merge_eos_ids(gen_eos, getattr(config, "eos_token_id", None), tokenizer.eos_token_id)
 
 
 class VllmModel(Model):
