@@ -140,7 +140,7 @@ def start_servers(model_dir: Path, args: argparse.Namespace) -> list[Server]:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(args.kv_cache_space_gb)
         vllm_flags += ["--kv_cache_space_gb", str(args.kv_cache_space_gb)]
     py = sys.executable
-    plan: list[tuple[str, list[str], str]] = []
+    plan: list[tuple[str, list[str], str, dict[str, str]]] = []
     port = _free_port()
     plan.append(
         (
@@ -148,8 +148,20 @@ def start_servers(model_dir: Path, args: argparse.Namespace) -> list[Server]:
             [py, "-m", "steadyserve", "serve", "--http_port", str(port), *ours_common,
              "--backend", "vllm", *vllm_flags],
             "/v2/health/ready",
+            env,
         )
     )  # fmt: skip
+    if args.inproc:
+        port_i = _free_port()
+        plan.append(
+            (
+                "ours+vllm1p",
+                [py, "-m", "steadyserve", "serve", "--http_port", str(port_i), *ours_common,
+                 "--backend", "vllm", *vllm_flags],
+                "/v2/health/ready",
+                {**env, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+            )
+        )  # fmt: skip
     port_v = _free_port()
     native = [
         py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
@@ -159,7 +171,7 @@ def start_servers(model_dir: Path, args: argparse.Namespace) -> list[Server]:
     ]  # fmt: skip
     if args.enforce_eager:
         native.append("--enforce-eager")
-    plan.append(("vllm", native, "/v1/models"))
+    plan.append(("vllm", native, "/v1/models", env))
     if not args.no_hf:
         port_h = _free_port()
         plan.append(
@@ -168,13 +180,14 @@ def start_servers(model_dir: Path, args: argparse.Namespace) -> list[Server]:
                 [py, "-m", "steadyserve", "serve", "--http_port", str(port_h), *ours_common,
                  "--backend", "huggingface"],
                 "/v2/health/ready",
+                env,
             )
         )  # fmt: skip
     servers: list[Server] = []
     try:
-        for label, cmd, ready in plan:  # one at a time: start-ups do not share the CPU
+        for label, cmd, ready, env_of in plan:  # one at a time: start-ups do not share the CPU
             port_of = int(cmd[cmd.index("--http_port" if "--http_port" in cmd else "--port") + 1])
-            srv = Server(label, cmd, port_of, ready, env)
+            srv = Server(label, cmd, port_of, ready, env_of)
             servers.append(srv)
             srv.wait_ready(args.startup_timeout)
             print(f"  {label}: ready in {srv.startup_s:.1f}s", flush=True)
@@ -288,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv_cache_space_gb", type=int, default=2, help="CPU only")
     p.add_argument("--enforce_eager", action="store_true")
     p.add_argument("--no_hf", action="store_true", help="skip our own engine")
+    p.add_argument("--inproc", action="store_true", help="also ours+vllm with the core in process")
     p.add_argument("--startup_timeout", type=float, default=600.0)
     p.add_argument("--level_timeout", type=float, default=180.0)
     p.add_argument("--cache_dir", default=str(Path(tempfile.gettempdir()) / "steadyserve-bench"))

@@ -52,6 +52,7 @@ class ModelSpec(msgspec.Struct, kw_only=True):
     memory_limit_mb: int | None = _default("memory_limit_mb")
     torch_threads: int | None = _default("torch_threads")
     compile: bool = _default("compile")
+    prefill_delay_steps: int | None = _default("prefill_delay_steps")
     #: keyword arguments for a custom model's constructor
     options: dict[str, Any] = {}
 

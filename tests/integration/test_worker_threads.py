@@ -18,7 +18,7 @@ def test_torch_threads_and_passive_wait_policy_in_the_worker() -> None:
     for key in [k for k in server.env if k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_"))]:
         del server.env[key]  # the defaults, not what this shell happens to set
     with server as srv:
-        assert _env(srv, names) == ["1", "1", "PASSIVE", "0"]
+        assert _env(srv, names) == ["1", "1", "PASSIVE", "1000"]
         # a good request still succeeds afterwards
         with srv.client() as client:
             r = client.post("/v1/models/m:predict", json={"instances": ["ok"]})

@@ -33,6 +33,13 @@ def test_a_setting_reaches_the_spec_and_the_engine_config() -> None:
     spec = ModelSpec(name="m", runtime="huggingface", **model_options(settings))
     assert spec.max_num_seqs == 7 and spec.memory_limit_mb == 300
     assert engine_config(settings).max_queue_size == 9
+    assert spec.prefill_delay_steps is None  # the engine's own default (4 on CUDA, 0 on CPU)
+    delayed = build_settings({"prefill_delay_steps": 2}, environ={})
+    assert ModelSpec(name="m", runtime="huggingface", **model_options(delayed)).prefill_delay_steps
+    from steadyserve.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="prefill_delay_steps"):
+        build_settings({"prefill_delay_steps": -1}, environ={})
 
 
 def test_the_runtime_registry_builds_known_runtimes_and_refuses_others() -> None:

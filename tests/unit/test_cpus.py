@@ -108,7 +108,7 @@ def test_worker_env_defaults_and_what_the_environment_keeps() -> None:
     env = cpus.worker_env({}, plan)
     assert env == {
         "OMP_WAIT_POLICY": "PASSIVE",
-        "GOMP_SPINCOUNT": "0",
+        "GOMP_SPINCOUNT": "1000",
         "KMP_BLOCKTIME": "0",
         "OMP_NUM_THREADS": "3",
         "MKL_NUM_THREADS": "3",

@@ -260,6 +260,38 @@ def test_generation_output_is_per_step_with_exact_metrics_and_one_wake_for_non_s
     run(test)
 
 
+def test_a_stop_string_ends_the_sequence_in_the_worker_and_wakes_a_non_stream_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wakes: list[bool] = []
+    real_wake = SequenceState.wake
+
+    def counting_wake(self: SequenceState) -> None:
+        wakes.append(self.waiter is not None and not self.waiter.done())
+        real_wake(self)
+
+    monkeypatch.setattr(SequenceState, "wake", counting_wake)
+
+    async def test(client: WorkerClient) -> None:
+        # "slow" makes 200 tokens in ~4 s: the stop string must end it long before
+        deltas = await collect(client.generate(gen("slow", 200), stream=False, stop=["t3"]))
+        assert len(deltas) == 1 and sum(wakes) == 1, wakes  # one wake-up, at the end
+        assert deltas[0].text == "t0 t1 t2 " and deltas[0].finish_reason == "stop"
+        assert deltas[0].token_ids == [0, 1, 2, 3]  # the tokens generated up to the stop
+        await h.wait_until(lambda: inproc.CLOSED == ["slow"])  # the worker dropped it
+        assert client.in_flight == 0
+        # streamed: text that may start a stop string is held back until the next step
+        streamed = await collect(client.generate(gen("ok", 20), stop=["t2 t", "zz"]))
+        assert [d.text for d in streamed] == ["", "t0 ", "t1 ", ""]
+        assert streamed[-1].finish_reason == "stop"
+        # a stop string that never matches: the held-back tail is flushed at the end
+        tail = await collect(client.generate(gen("ok", 3), stream=False, stop=["never"]))
+        assert tail[0].text == "t0 t1 t2 " and tail[0].finish_reason == "length"
+        assert await predict(client, "after") == ["AFTER"]
+
+    run(test)
+
+
 def test_admission_refuses_when_not_ready_and_when_full() -> None:
     async def test(client: WorkerClient) -> None:
         client.draining = True

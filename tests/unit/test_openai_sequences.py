@@ -1,5 +1,5 @@
-"""Running sequences without a server: usage counting, stop strings closing the engine stream
-early (which aborts the sequence), n choices with per-choice seeds, SSE framing and in-band
+"""Running sequences without a server: usage counting, stop strings handed to the engine
+client, n choices with per-choice seeds, SSE framing and in-band
 errors, against a fake engine."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class FakeEngine:
 
     def __init__(self, fail_after: int | None = None) -> None:
         self.requests: list[GenerateRequest] = []
+        self.stops: list[list[str]] = []
         self.closed_early = 0
         self.fail_after = fail_after
 
@@ -32,8 +33,10 @@ class FakeEngine:
         *,
         stream: bool = True,
         detokenize: Any = None,
+        stop: Any = (),
     ) -> AsyncIterator[TokenDelta]:
         self.requests.append(request)
+        self.stops.append(list(stop))
         n = request.params.max_tokens
         finished = False
         try:
@@ -111,13 +114,13 @@ def test_seeds_differ_per_choice() -> None:
     assert [r.params.seed for r in engine.requests] == [None, None]
 
 
-def test_stop_string_truncates_and_aborts_the_sequence() -> None:
+def test_stop_strings_go_to_the_engine_client_with_every_choice() -> None:
+    """The engine client matches them (tests/unit/test_engine_client.py); the route passes
+    them on for every choice and reports the finish reason the client gives."""
     engine = FakeEngine()
-    body = asyncio.run(ro._collect(job(engine, max_tokens=100, stops=["t3"])))
-    choice = body["choices"][0]
-    assert choice["text"] == "t0 t1 t2 " and choice["finish_reason"] == "stop"
-    assert body["usage"]["completion_tokens"] == 4  # tokens generated up to the stop
-    assert engine.closed_early == 1  # the engine stream was closed: the worker aborts it
+    body = asyncio.run(ro._collect(job(engine, n=2, max_tokens=3, stops=["t3", "x"])))
+    assert engine.stops == [["t3", "x"], ["t3", "x"]]
+    assert [c["finish_reason"] for c in body["choices"]] == ["length", "length"]
 
 
 async def _sse(j: ro._Job) -> list[Any]:

@@ -41,12 +41,16 @@ def test_vllm_flags_have_kserve_spellings() -> None:
             "256",
             "--kv_cache_space_gb",
             "2",
+            "--vllm-engine-core",
+            "worker",
         ]
     )
     flags = {k: v for k, v in vars(args).items() if k != "command" and not k.startswith("kserve_")}
     s = build_settings(flags, {})
     assert (s.backend, s.gpu_memory_utilization, s.tensor_parallel_size) == ("vllm", 0.5, 2)
     assert (s.enforce_eager, s.max_model_len, s.kv_cache_space_gb) == (True, 256, 2)
+    assert s.vllm_engine_core == "worker"
+    assert build_settings({}, {}).vllm_engine_core == "process"  # vLLM's own default
 
 
 @pytest.mark.parametrize(
@@ -56,6 +60,7 @@ def test_vllm_flags_have_kserve_spellings() -> None:
         ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
         ({"tensor_parallel_size": 0}, "tensor_parallel_size"),
         ({"kv_cache_space_gb": 0}, "kv_cache_space_gb"),
+        ({"vllm_engine_core": "thread"}, "process, worker"),
         ({"backend": "triton"}, "auto, huggingface, vllm"),
     ],
 )

@@ -25,7 +25,7 @@ from typing import Any
 
 from steadyserve.config import EngineConfig, ModelSpec
 from steadyserve.engine import events, ipc
-from steadyserve.engine.detokenize import IncrementalDetokenizer
+from steadyserve.engine.detokenize import IncrementalDetokenizer, StopMatcher
 from steadyserve.engine.events import EngineEvent, Listener
 from steadyserve.engine.output import (
     SequenceState,
@@ -234,7 +234,11 @@ class WorkerClient:
                 gap = now - (seq.started if first else seq.last_output)
                 self.on_event(events.Tokens(first, gap, n, prompt))
                 seq.last_output = now
-            if delta.finish_reason is not None:
+            if seq.apply_stop(delta):
+                # a stop string ended the text: the sequence ends here, and the worker drops it
+                self._finish(rid, delta)
+                self.supervisor.send(ipc.frame(ipc.Abort(id=rid)))
+            elif delta.finish_reason is not None:
                 self._finish(rid, delta)
             elif (
                 seq.stream
@@ -407,6 +411,7 @@ class WorkerClient:
         *,
         stream: bool = True,
         detokenize: Sequence[int] | None = None,
+        stop: Sequence[str] = (),
     ) -> AsyncIterator[TokenDelta]:
         """Stream token deltas; the last one carries ``finish_reason``. Closing the iterator
         early (or cancelling the task consuming it) aborts the sequence in the worker.
@@ -417,6 +422,11 @@ class WorkerClient:
         the text its tokens complete, decoded with the model's tokenizer here - per engine
         step, in one batch for every sequence of the step (never a broken character; the last
         delta flushes the rest).
+
+        ``stop`` (strings): watched here, on each step's text; a match cuts the text before it,
+        ends the sequence with ``finish_reason="stop"`` and drops it in the worker. Text that
+        may be the start of a stop string is held back until the next step tells. A
+        non-streaming request with stop strings is still woken once, at the end.
 
         Use as ``async with contextlib.aclosing(engine.generate(...)) as stream``."""
         detok = None
@@ -437,7 +447,14 @@ class WorkerClient:
             )
         )
         started = time.monotonic()
-        seq = SequenceState(tokens=tokens, stream=stream, started=started, detok=detok)
+        stops = [s for s in stop if s]
+        seq = SequenceState(
+            tokens=tokens,
+            stream=stream,
+            started=started,
+            detok=detok,
+            stop=StopMatcher(stops) if stops else None,
+        )
         self._pending[rid] = seq
         self._queued_tokens += tokens
         self._streams.add(rid)

@@ -1,5 +1,5 @@
 """Incremental detokenization and stop strings (pure, no I/O): the engine client decodes each
-step's text with it; the OpenAI routes match stop strings with it.
+step's text with it, and matches stop strings on that text with it.
 
 :class:`IncrementalDetokenizer` turns a stream of token ids into text pieces without ever
 emitting a broken character: a byte-level BPE token can hold half of a multi-byte UTF-8

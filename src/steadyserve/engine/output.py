@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from steadyserve.engine.detokenize import IncrementalDetokenizer, decode_step
+from steadyserve.engine.detokenize import IncrementalDetokenizer, StopMatcher, decode_step
 from steadyserve.errors import ModelError
 from steadyserve.types import TokenDelta
 
@@ -41,17 +41,42 @@ class SequenceState:
     last_read: float = field(default_factory=time.monotonic)
     #: turns the output's token ids into text (None: the model's own ``text``)
     detok: IncrementalDetokenizer | None = None
+    #: the request's stop strings (None: none), matched on each step's text
+    stop: StopMatcher | None = None
+
+    @property
+    def per_step(self) -> bool:
+        """Whether the text is decoded per step (a stream, or stop strings to watch) rather
+        than once, at the end."""
+        return self.stream or self.stop is not None
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
     def text_of(self, delta: TokenDelta) -> None:
-        """Decode a merged delta's text at once (a non-streamed sequence: one decode)."""
-        if self.detok is not None:
+        """Decode a merged delta's text at once (a non-streamed sequence without stop
+        strings: one decode). Text decoded per step is kept as it is."""
+        if self.detok is not None and not self.per_step:
             delta.text = self.detok.push(delta.token_ids)
             if delta.finish_reason is not None:
                 delta.text += self.detok.flush()
+
+    def apply_stop(self, delta: TokenDelta) -> bool:
+        """Run a step's text through the stop strings: the delta's text becomes what is safe to
+        hand out (held back while it may be the start of a stop string, cut before a match).
+        Returns True when a stop string matched: the delta then ends the sequence ("stop")."""
+        if self.stop is None:
+            return False
+        text = self.stop.push(delta.text or "")
+        if self.stop.stopped:
+            delta.text = text
+            delta.finish_reason = "stop"
+            return True
+        if delta.finish_reason is not None:
+            text += self.stop.flush()
+        delta.text = text
+        return False
 
 
 def detokenize_step(items: list[tuple[SequenceState, TokenDelta]]) -> None:
@@ -60,7 +85,7 @@ def detokenize_step(items: list[tuple[SequenceState, TokenDelta]]) -> None:
     once, at the end (:meth:`SequenceState.text_of`)."""
     groups: dict[int, list[tuple[SequenceState, TokenDelta]]] = {}
     for seq, delta in items:
-        if seq.detok is not None and seq.stream:
+        if seq.detok is not None and seq.per_step:
             groups.setdefault(id(seq.detok.tokenizer), []).append((seq, delta))
     for group in groups.values():
         try:

@@ -82,11 +82,14 @@ class EngineClient(Protocol):
         *,
         stream: bool = True,
         detokenize: Sequence[int] | None = None,
+        stop: Sequence[str] = (),
     ) -> AsyncIterator[TokenDelta]:
         """Token deltas; the last carries ``finish_reason``. Closing the iterator early aborts
         the sequence. ``stream=False``: the caller wants the whole output only, and is woken
         once, when the sequence ends. ``detokenize`` (prompt ids as context): the deltas'
-        ``text`` is decoded by the client (per step, batched)."""
+        ``text`` is decoded by the client (per step, batched). ``stop``: stop strings, matched
+        by the client on each step's text (the text is cut before a match, which ends the
+        sequence with ``finish_reason="stop"``)."""
 
     async def tokenizer(self) -> LoadedTokenizer | None:
         """The model's tokenizer (None for models without one), loaded once per worker."""

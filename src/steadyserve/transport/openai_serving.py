@@ -1,4 +1,4 @@
-"""The OpenAI routes' text side: prompts to tokens, running sequences, stop strings, merging.
+"""The OpenAI routes' text side: prompts to tokens, running sequences, merging.
 
 Kept apart from the routes so they stay thin. Everything here runs on the server's event loop
 and never blocks it: tokenizers run in threads (``asyncio.to_thread``). The tokenizer itself
@@ -16,7 +16,6 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from steadyserve.engine.detokenize import StopMatcher
 from steadyserve.engine.protocol import EngineClient
 from steadyserve.errors import InvalidInput, SteadyError
 from steadyserve.transport.context import ServerContext
@@ -168,42 +167,31 @@ async def run_sequence(
     timeout_s: float | None,
     stream: bool = True,
 ) -> AsyncGenerator[Event, None]:
-    """Generate one sequence (its text decoded by the engine client); apply stop strings.
-    Leaving early (stop string,
-    cancellation) closes the engine stream, which aborts the sequence in the worker.
-
-    ``stream=False`` (the caller answers once, at the end): without stop strings, the engine
-    wakes us once, with the whole output - one detokenization. Stop strings are watched per
-    step either way, so that generation stops where the text does."""
-    matcher = StopMatcher(stops)
+    """Generate one sequence. The engine client decodes its text (per step and in batch for
+    streams) and applies the stop strings (a match ends the sequence there, and the worker
+    drops it); ``stream=False`` is woken once, with the whole output. Leaving early
+    (cancellation) closes the engine stream, which aborts the sequence in the worker."""
     async with contextlib.aclosing(  # type: ignore[type-var]
         engine.generate(
             seq.request,
             timeout_s,
-            stream=stream or bool(matcher.stops),
-            # the engine client decodes the text, per step and in batch (models without a
-            # tokenizer send their own text)
+            stream=stream,
+            # models without a tokenizer send their own text
             detokenize=seq.context_ids if tokenizer is not None else None,
+            stop=stops,
         )
     ) as stream_:
         async for delta in stream_:
-            out = matcher.push(delta.text or "")
             ev = Event(
                 seq.index,
-                out,
+                delta.text or "",
                 list(delta.token_ids),
                 delta.logprobs,
                 delta.top_logprobs,
-                None,
+                delta.finish_reason,
                 delta.prompt_tokens,
             )
-            if matcher.stopped:
-                ev.finish_reason = "stop"
-                yield ev
-                return  # closing the stream aborts the sequence in the worker
-            if delta.finish_reason is not None:
-                ev.text += matcher.flush()
-                ev.finish_reason = delta.finish_reason
+            if ev.finish_reason is not None:
                 yield ev
                 return
             if ev.text or ev.token_ids:

@@ -198,6 +198,7 @@ class HuggingFaceModel(Model):
             max_model_len=self.ctx.max_model_len,
             device=self.device,
             compile=self.spec.compile,
+            prefill_delay_steps=self.spec.prefill_delay_steps,
         )
         return engine
 

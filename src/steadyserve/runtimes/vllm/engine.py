@@ -10,7 +10,7 @@ before vLLM sees it; a ``ValueError`` vLLM raises anyway becomes an
 :class:`~steadyserve.errors.InvalidInput` (400), anything else a
 :class:`~steadyserve.errors.ModelError`. vLLM's engine core dying (``EngineDeadError``) is a
 worker failure: ``on_dead`` ends the worker, so in-flight requests get 503 and the supervisor
-restarts it.
+restarts it; so does a failed step of an engine core that runs in this process.
 
 ``has_work`` counts only the requests this engine still owes a finish to: vLLM's
 ``step`` blocks until the engine core has output, so it is never called with nothing running.
@@ -53,12 +53,16 @@ class VllmEngine:
         max_model_len: int,
         eos_token_ids: list[int],
         on_dead: Callable[[BaseException], None],
+        in_process: bool = False,
     ) -> None:
         self.llm = llm
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
         self.eos_token_ids = list(eos_token_ids)
         self.on_dead = on_dead
+        #: the engine core runs in this process: a failed step leaves it in an unknown state,
+        #: so it ends the worker as the engine core process dying would
+        self.in_process = in_process
         self.live: dict[str, _Live] = {}
         #: deltas of streaming requests that arrived while ``run_batch`` drove the engine
         self.carry: StepOutput = []
@@ -164,7 +168,7 @@ class VllmEngine:
         try:
             return fn(*args)
         except Exception as exc:
-            if _is_engine_dead(exc):
+            if _is_engine_dead(exc) or (self.in_process and fn == self.llm.step):
                 self.on_dead(exc)
             raise
 

@@ -16,6 +16,11 @@ No orphans, honest failure:
 - a watchdog thread ends the worker when a vLLM child process dies (the engine core killed, an
   OOM kill), busy or idle, so the supervisor fails in-flight requests with 503 and restarts it;
 - ``unload`` (normal stop) shuts vLLM down, and any child still alive is killed.
+
+``--vllm_engine_core worker`` runs vLLM's engine core inside this worker instead
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``; on CPU and on one GPU the model then runs here too): no
+process hop per step, a faster start and less memory. A failure of the engine's step is then
+a worker failure as well (``VllmEngine.in_process``).
 """
 
 from __future__ import annotations
@@ -149,6 +154,9 @@ class VllmModel(Model):
         space = self.backend_options.get("kv_cache_space_gb")
         if space is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(space))
+        in_worker = self.backend_options.get("engine_core") == "worker"
+        # vLLM reads this when it builds the engine: 0 runs the engine core in this process
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_worker else "1"
         if spec.torch_threads:
             os.environ.setdefault("OMP_NUM_THREADS", str(spec.torch_threads))
         revision = {"revision": spec.tokenizer_revision or spec.revision} if spec.revision else {}
@@ -179,6 +187,7 @@ class VllmModel(Model):
             max_model_len=self.max_model_len,
             eos_token_ids=self.eos_token_ids,
             on_dead=self._engine_dead,
+            in_process=in_worker,
         )
         self.engine.run_batch([self.tokenizer("hello world")["input_ids"] or [0]], 2)  # warm-up
         children = _children()

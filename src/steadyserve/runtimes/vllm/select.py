@@ -60,6 +60,7 @@ def backend_options(settings: Settings) -> dict[str, Any]:
         "tensor_parallel_size": settings.tensor_parallel_size,
         "enforce_eager": settings.enforce_eager,
         "kv_cache_space_gb": settings.kv_cache_space_gb,
+        "engine_core": settings.vllm_engine_core,
     }
 
 
