@@ -157,9 +157,9 @@ def start_servers(model_dir: Path, args: argparse.Namespace) -> list[Server]:
             (
                 "ours+vllm1p",
                 [py, "-m", "steadyserve", "serve", "--http_port", str(port_i), *ours_common,
-                 "--backend", "vllm", *vllm_flags],
+                 "--backend", "vllm", "--vllm_engine_core", "worker", *vllm_flags],
                 "/v2/health/ready",
-                {**env, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+                env,
             )
         )  # fmt: skip
     port_v = _free_port()
@@ -216,7 +216,7 @@ def run_level(srv: Server, prompts: list[list[int]], args: argparse.Namespace, c
             srv.url + completions_path(srv.label),
             body,
             concurrency=c,
-            total=c * args.waves,
+            total=max(c * args.waves, args.min_requests),
             duration_s=args.level_timeout,
             on_response=lambda r: int(r.json()["usage"]["completion_tokens"]),
         )
@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new_tokens", type=int, default=32)
     p.add_argument("--prompt_tokens", type=int, default=16)
     p.add_argument("--waves", type=int, default=3, help="requests per level = waves x c")
+    p.add_argument("--min_requests", type=int, default=16, help="at least this many per level")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="bfloat16")
@@ -301,7 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv_cache_space_gb", type=int, default=2, help="CPU only")
     p.add_argument("--enforce_eager", action="store_true")
     p.add_argument("--no_hf", action="store_true", help="skip our own engine")
-    p.add_argument("--inproc", action="store_true", help="also ours+vllm with the core in process")
+    p.add_argument(
+        "--inproc",
+        action="store_true",
+        help="also ours+vllm1p: --vllm_engine_core worker (vLLM's engine core in our worker)",
+    )
     p.add_argument("--startup_timeout", type=float, default=600.0)
     p.add_argument("--level_timeout", type=float, default=180.0)
     p.add_argument("--cache_dir", default=str(Path(tempfile.gettempdir()) / "steadyserve-bench"))

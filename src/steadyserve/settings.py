@@ -195,8 +195,9 @@ class Settings(BaseModel):
     )
     compile: bool = Field(
         False,
-        description="torch.compile the generation decode step (CUDA graphs on GPU); a compile "
-        "failure falls back to eager mode with a warning.",
+        description="torch.compile the generation decode step over fixed shapes (power-of-two "
+        "row buckets, compiled at load; CUDA graphs on GPU); a compile failure falls back to "
+        "eager mode with a warning.",
     )
 
     # ---- security and limits -------------------------------------------------------------

@@ -1,15 +1,19 @@
 """``--compile``: the continuous batcher's decoding forward pass through ``torch.compile``.
 
-Compiled with dynamic shapes (rows and cache columns change every step); on CUDA in
-``reduce-overhead`` mode (CUDA graphs). Compiling is an optimisation, never a reason to fail:
-:class:`DecodeForward` runs the model eagerly when compiling failed at load, and a compiled call
-that raises is redone eagerly once, after which the compiled path is dropped for good (the slot
-cache makes the redo safe: the step writes the same column again).
+With the slot cache's static shapes (:mod:`.slots`: a bucket of rows over the whole buffer
+width, the write column a tensor) the step is compiled for fixed shapes (``dynamic=False``),
+one graph per row bucket and buffer width, all row buckets warmed up at load; on CUDA in
+``reduce-overhead`` mode, so each graph is replayed as a CUDA graph. Compiling is an
+optimisation, never a reason to fail: :class:`DecodeForward` runs the model eagerly when
+compiling failed at load, and a compiled call that raises is redone eagerly once, after which
+the compiled path is dropped for good (``on_disable``; the slot cache makes the redo safe: the
+step writes the same column again).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,15 +24,23 @@ log = logging.getLogger("steadyserve.generation")
 class DecodeForward:
     """Calls the model for one decoding step: compiled when that works, else eagerly."""
 
-    def __init__(self, model: Any) -> None:
+    #: graphs one compiled step may hold (row buckets x buffer widths, with room to spare)
+    RECOMPILE_LIMIT = 64
+
+    def __init__(self, model: Any, on_disable: Callable[[], None] | None = None) -> None:
         self.model = model
         self.compiled: Any = None
+        self.on_disable = on_disable
 
-    def compile(self, device: torch.device) -> bool:
+    def compile(self, device: torch.device, static: bool = True) -> bool:
         """Wrap the model with ``torch.compile``; ``False`` (and a warning) when that fails."""
         try:
             mode = "reduce-overhead" if device.type == "cuda" else None  # CUDA graphs
-            self.compiled = torch.compile(self.model, dynamic=True, mode=mode)
+            config = torch._dynamo.config
+            for name in ("recompile_limit", "cache_size_limit"):  # the name moved in torch 2.6
+                if hasattr(config, name):
+                    setattr(config, name, max(getattr(config, name), self.RECOMPILE_LIMIT))
+            self.compiled = torch.compile(self.model, dynamic=not static, mode=mode)
         except Exception as exc:  # noqa: BLE001 - never fail the load over an optimisation
             self.disable(exc)
             return False
@@ -38,6 +50,8 @@ class DecodeForward:
         first = (str(exc).strip().splitlines() or [""])[0][:300]  # inductor errors run long
         log.warning("--compile failed (%s: %s); decoding runs eagerly", type(exc).__name__, first)
         self.compiled = None
+        if self.on_disable is not None:
+            self.on_disable()
 
     def __call__(self, inputs: dict[str, Any]) -> Any:
         if self.compiled is not None:

@@ -49,7 +49,7 @@ from steadyserve.runtimes.huggingface.compiled import DecodeForward
 from steadyserve.runtimes.huggingface.hf_cache import cache_keyword, output_cache
 from steadyserve.runtimes.huggingface.kvcache import Batch, Seq, new_cache
 from steadyserve.runtimes.huggingface.sampling import Selection, select_tokens, stop_ids
-from steadyserve.runtimes.huggingface.slots import SlotBatch
+from steadyserve.runtimes.huggingface.slots import SlotBatch, buckets
 from steadyserve.types import GenerateRequest, SamplingParams, TokenDelta
 
 log = logging.getLogger("steadyserve.generation")
@@ -116,8 +116,10 @@ class ContinuousBatcher:
         self._arrived: dict[str, int] = {}
         self.waiting: OrderedDict[str, Seq] = OrderedDict()
         self.batch: Batch | None = None
+        #: static shapes for the compiled step (until compiling fails)
+        self._static = compile and kv_cache == "slots"
         self.slots = self._new_slots() if kv_cache == "slots" else None
-        self._forward = DecodeForward(model)
+        self._forward = DecodeForward(model, on_disable=self._eager)
         self._max_position = max_model_len - 1
         if compile:  # last: it runs a warm-up request through the engine
             self._compile()
@@ -308,7 +310,7 @@ class ContinuousBatcher:
         logits = self._forward(inputs).logits[:, -1, :]
         slots.advance(self._max_position)
         active = slots.active()
-        holes = len(active) < slots.hi
+        holes = len(active) < logits.shape[0]  # free slots below hi, or a static bucket's pad
         idx = torch.tensor(active, dtype=torch.long, device=self.device) if holes else None
         if idx is not None:
             logits = logits.index_select(0, idx)
@@ -330,17 +332,26 @@ class ContinuousBatcher:
         if self.slots is None:
             log.warning("--compile needs the slot KV cache; decoding runs eagerly")
             return
-        if not self._forward.compile(self.device):
+        if not self._forward.compile(self.device, static=self._static):
             return
-        try:
-            self.add("__warmup__", GenerateRequest(prompt_token_ids=[0, 0], params=_WARM_UP))
-            while self.has_work():
-                for _rid, item in self.step():
-                    if isinstance(item, BaseException):
-                        raise item
+        try:  # every bucket of rows once, so that no request waits for a compile later
+            for size in buckets(self.max_num_seqs):
+                for i in range(size):
+                    request = GenerateRequest(prompt_token_ids=[0, 0], params=_WARM_UP)
+                    self.add(f"__warmup_{size}_{i}__", request)
+                while self.has_work():
+                    for _rid, item in self.step():
+                        if isinstance(item, BaseException):
+                            raise item
         except Exception as exc:  # noqa: BLE001 - never fail the load over an optimisation
             self._forward.disable(exc)
             self.reset()
+
+    def _eager(self) -> None:
+        """Compiling failed: decode over the windowed view again (cheaper without a graph)."""
+        self._static = False
+        if self.slots is not None:
+            self.slots.static = False
 
     def _new_slots(self) -> SlotBatch:
         return SlotBatch(
@@ -348,6 +359,7 @@ class ContinuousBatcher:
             max_model_len=self.max_model_len,
             encoder_decoder=self.encoder_decoder,
             device=self.device,
+            static=self._static,
         )
 
     def _encoder_placeholder(self, enc_mask: torch.Tensor) -> BaseModelOutput:

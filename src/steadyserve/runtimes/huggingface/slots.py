@@ -22,6 +22,14 @@ and its logits are never read.
 The width grows geometrically (``grow``: one copy, amortised) and is compacted when the write
 column reaches the end (``compact``: everything left of ``lo`` is dropped, one copy, at most once
 per ``width - max_span`` steps); neither happens on a join or a leave in the steady state.
+
+**Static shapes** (``static``, for ``--compile``: CUDA graphs replay fixed shapes, and a compiled
+graph is specialised on them). The same buffers, seen differently: the model is fed a *bucket* of
+rows (the next power of two above ``hi``, capped at the slot count) and the *whole* width of the
+buffers, columns left of a row's start and right of ``col`` masked; the write column is a 0-d
+tensor (``col_t``, updated in place), so a step's shapes change only when the bucket or the
+width does (a handful of times in a server's life). The two views share the layout, so a batch
+can switch from static to windowed at any step (a compile failure does).
 """
 
 from __future__ import annotations
@@ -35,6 +43,22 @@ from steadyserve.runtimes.huggingface.kvcache import Batch, Seq, _layers
 
 #: first width of the buffers (columns); they double up to ``2 * max_model_len``
 INITIAL_WIDTH = 128
+
+
+def buckets(slots: int) -> list[int]:
+    """Every row bucket of a static-shape step: 1, 2, 4, ... and ``slots``."""
+    out = [1]
+    while out[-1] < slots:
+        out.append(min(2 * out[-1], slots))
+    return out
+
+
+def bucket(rows: int, slots: int) -> int:
+    """Rows fed to a static-shape step: the next power of two, at most ``slots``."""
+    size = 1
+    while size < rows:
+        size *= 2
+    return min(size, slots)
 
 
 class SlotLayer(CacheLayerMixin):
@@ -59,6 +83,14 @@ class SlotLayer(CacheLayerMixin):
         self.kbuf = like.new_zeros(shape)
         self.vbuf = like.new_zeros(shape)
         self.is_initialized = True
+        self.pin()
+
+    def pin(self) -> None:
+        """Static shapes on CUDA: the buffers are mutated inside the graph, which CUDA graphs
+        allow only for tensors at a fixed address (as transformers' ``StaticLayer`` does)."""
+        if self.owner.static and self.kbuf is not None and self.kbuf.device.type == "cuda":
+            torch._dynamo.mark_static_address(self.kbuf)
+            torch._dynamo.mark_static_address(self.vbuf)
 
     def resize(self, width: int, shift: int = 0) -> None:
         """New width; columns ``[shift, ...)`` move to column 0."""
@@ -73,6 +105,7 @@ class SlotLayer(CacheLayerMixin):
                 new = buf.new_zeros((*buf.shape[:2], width, buf.shape[3]))
                 new[:, :, :keep] = buf[:, :, shift : shift + keep]
                 setattr(self, name, new)
+        self.pin()
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -83,6 +116,11 @@ class SlotLayer(CacheLayerMixin):
         o = self.owner
         if key_states.shape[2] != 1:
             raise AssertionError("slot layers take one new token per row")
+        if o.static:  # the write column is a tensor: no Python int in the traced graph
+            keys, values = self.kbuf[: o.fed], self.vbuf[: o.fed]
+            keys.index_copy_(2, o.col_t.view(1), key_states)
+            values.index_copy_(2, o.col_t.view(1), value_states)
+            return keys, values
         self.kbuf[: o.hi, :, o.col] = key_states[:, :, 0]
         self.vbuf[: o.hi, :, o.col] = value_states[:, :, 0]
         return self.kbuf[: o.hi, :, o.lo : o.col + 1], self.vbuf[: o.hi, :, o.lo : o.col + 1]
@@ -91,18 +129,24 @@ class SlotLayer(CacheLayerMixin):
         """Point ``keys``/``values`` at the current window (what the model reads as the cache)."""
         assert self.kbuf is not None and self.vbuf is not None
         o = self.owner
-        if self.cross:
+        if o.static:
+            self.keys, self.values = self.kbuf[: o.fed], self.vbuf[: o.fed]
+        elif self.cross:
             self.keys = self.kbuf[: o.hi, :, : o.enc_hi]
             self.values = self.vbuf[: o.hi, :, : o.enc_hi]
         else:
             self.keys = self.kbuf[: o.hi, :, o.lo : o.col]
             self.values = self.vbuf[: o.hi, :, o.lo : o.col]
 
-    def get_seq_length(self) -> int:
+    def get_seq_length(self) -> Any:
         o = self.owner
+        if o.static and self.kbuf is not None:  # the query's column (a tensor) / the encoder's
+            return int(self.kbuf.shape[2]) if self.cross else o.col_t
         return o.enc_hi if self.cross else o.col - o.lo
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        if self.owner.static and self.kbuf is not None:  # every column (masked if not a row's)
+            return int(self.kbuf.shape[2]), 0
         return self.get_seq_length() + query_length, 0
 
     def get_max_length(self) -> int:
@@ -119,8 +163,15 @@ class SlotBatch:
         max_model_len: int,
         encoder_decoder: bool,
         device: torch.device,
+        static: bool = False,
     ) -> None:
         self.slots = slots
+        #: feed the model fixed shapes (see the module docstring)
+        self.static = static
+        #: rows fed to the last step (``hi``, or its bucket when static)
+        self.fed = 0
+        #: ``col`` as a 0-d tensor, updated in place (static steps read it)
+        self.col_t = torch.zeros((), dtype=torch.long, device=device)
         self.max_width = 2 * max_model_len + 1
         self.max_enc_width = max_model_len
         self.encoder_decoder = encoder_decoder
@@ -178,26 +229,35 @@ class SlotBatch:
 
     # ---- decoding ----------------------------------------------------------------------------
     def prepare_decode(self) -> dict[str, Any]:
-        """Model inputs for one decoding step of rows ``[0, hi)`` (writes go to column ``col``)."""
+        """Model inputs for one decoding step of rows ``[0, hi)`` (writes go to column ``col``);
+        static: of the bucket of rows over every column (see the module docstring)."""
         if self.col >= self.width:
             self._make_room(1)
-        self.mask[: self.hi, self.col] = 1
+        n = bucket(self.hi, self.slots) if self.static else self.hi
+        self.fed = n
+        self.mask[:n, self.col] = 1  # (a free row attends to its own column: never NaN)
+        if self.static:
+            self.col_t.fill_(self.col)
+            mask = self.mask[:n]
+            enc_mask = self.enc_mask[:n]
+        else:
+            mask = self.mask[:n, self.lo : self.col + 1]
+            enc_mask = self.enc_mask[:n, : self.enc_hi]
         for layer in self.own + self.cross:
             layer.bind()
-        ids = self.last[: self.hi].unsqueeze(1)
-        mask = self.mask[: self.hi, self.lo : self.col + 1]
+        ids = self.last[:n].unsqueeze(1)
         if self.encoder_decoder:
             return {
                 "decoder_input_ids": ids,
                 "decoder_attention_mask": mask,
-                "attention_mask": self.enc_mask[: self.hi, : self.enc_hi],
+                "attention_mask": enc_mask,
                 "past_key_values": self.cache,
                 "use_cache": True,
             }
         return {
             "input_ids": ids,
             "attention_mask": mask,
-            "position_ids": self.positions[: self.hi].unsqueeze(1),
+            "position_ids": self.positions[:n].unsqueeze(1),
             "past_key_values": self.cache,
             "use_cache": True,
         }
@@ -326,6 +386,7 @@ class SlotBatch:
                     new = buf.new_zeros((*buf.shape[:2], width, buf.shape[3]))
                     new[:, :, move : move + self.col] = buf[:, :, : self.col]
                     setattr(layer, name, new)
+                layer.pin()
             mask = self.mask.new_zeros((self.slots, width))
             mask[:, move : move + self.col] = self.mask[:, : self.col]
         self.mask = mask
