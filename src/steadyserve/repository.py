@@ -100,6 +100,7 @@ class ModelRepository:
 
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self.registry = registry
+        self.settings = settings
         self.root = settings.model_repository
         self.options = model_options(settings)
         self.load_wait_s = min(settings.worker_load_timeout_s, LOAD_WAIT_MAX_S)
@@ -150,9 +151,12 @@ class ModelRepository:
             for path in (os.path.join(self.root, name), os.path.join(self.root, f"{name}.mar")):
                 if os.path.isdir(path) or (path.endswith(".mar") and os.path.isfile(path)):
                     try:
-                        return spec_for_dir(name, path, self.options)
+                        spec = spec_for_dir(name, path, self.options)
                     except ArchiveError as exc:
                         raise InvalidInput(f"model {name}: {exc}") from None
+                    from steadyserve.runtimes.vllm.select import stamp_backend
+
+                    return stamp_backend(self.settings, spec)  # --backend, as for the CLI's
         return self.registry.spec_for(name)
 
     async def load(self, name: str) -> None:

@@ -91,6 +91,29 @@ def test_options_go_to_hugging_face_specs_only(monkeypatch: pytest.MonkeyPatch) 
     assert out[1].options == {"k": 1}  # a custom model's kwargs are untouched
 
 
+def test_a_model_the_repository_api_loads_gets_the_backend_too(
+    tmp_path: Any, tiny_gpt2_dir: str
+) -> None:
+    """POST /v2/repository/models/{m}/load builds its spec from the repository directory: it
+    carries --backend like the command line's models (it used to fall back to our engine)."""
+    import shutil
+
+    from steadyserve.config import EngineConfig
+    from steadyserve.registry import Registry
+    from steadyserve.repository import ModelRepository
+
+    shutil.copytree(tiny_gpt2_dir, tmp_path / "later")
+    (tmp_path / "custom").mkdir()
+    (tmp_path / "custom" / "model.py").write_text("class Model: pass\n")
+    settings = _settings(backend="vllm", model_repository=str(tmp_path), vllm_engine_core="worker")
+    repo = ModelRepository(Registry(EngineConfig()), settings)
+    spec = repo._spec("later")
+    assert spec.runtime == "huggingface"
+    assert spec.options[select.OPTION]["backend"] == "vllm"
+    assert spec.options[select.OPTION]["engine_core"] == "worker"
+    assert select.OPTION not in repo._spec("custom").options
+
+
 def test_huggingface_backend_and_unstamped_specs_never_use_vllm(tiny_gpt2_dir: str) -> None:
     assert select.choose(_spec(tiny_gpt2_dir, "huggingface")) is None
     assert (

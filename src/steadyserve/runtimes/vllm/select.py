@@ -67,11 +67,15 @@ def backend_options(settings: Settings) -> dict[str, Any]:
 def apply_backend(settings: Settings, specs: list[ModelSpec]) -> list[ModelSpec]:
     """Check the backend settings and stamp them on every Hugging Face spec."""
     check_settings(settings)
-    options = backend_options(settings)
-    for spec in specs:
-        if spec.runtime == "huggingface":
-            spec.options = {**spec.options, OPTION: options}
-    return specs
+    return [stamp_backend(settings, spec) for spec in specs]
+
+
+def stamp_backend(settings: Settings, spec: ModelSpec) -> ModelSpec:
+    """The backend settings on a Hugging Face spec (also for a model the repository API loads
+    later: it gets the same ``--backend`` as the models of the command line)."""
+    if spec.runtime == "huggingface":
+        spec.options = {**spec.options, OPTION: backend_options(settings)}
+    return spec
 
 
 def _config(spec: ModelSpec) -> dict[str, Any] | None:
