@@ -102,7 +102,7 @@ def test_admission_past_the_queue_limit_is_429_and_the_rest_complete(
     for t in threads:
         t.join(120)
     assert sorted(set(codes)) == [200, 429], codes
-    assert 1 <= codes.count(200) and codes.count(200) + codes.count(429) == 3 * QUEUE
+    assert len(codes) == 3 * QUEUE  # every request answered, with one of the two
     with server.client(timeout=60) as c:
         good_request(c, "m")
 
