@@ -49,15 +49,21 @@ class Selection:
     top_logprobs: list[dict[int, float] | None]
 
 
-def needs_processing(params: SamplingParams) -> bool:
-    """Whether a row's logits must be changed before choosing its token."""
+def needs_processing(seq: SeqState, eos_token_ids: list[int]) -> bool:
+    """Whether a row's logits must be changed before choosing its token (this step).
+    ``min_tokens`` only counts while it still bans something: not past ``min_tokens`` tokens,
+    and not with ``ignore_eos`` and no stop tokens (the benchmarks' fixed-length requests)."""
+    params = seq.params
     return (
         params.repetition_penalty != 1.0
         or bool(params.logit_bias)
         or params.presence_penalty != 0.0
         or params.frequency_penalty != 0.0
         or params.temperature > 0.0
-        or params.min_tokens > 0
+        or (
+            params.min_tokens > len(seq.output)
+            and bool(stop_ids(params, eos_token_ids))
+        )
     )
 
 
@@ -127,7 +133,7 @@ def select_tokens(
 ) -> Selection:
     """Choose one token per row of ``logits`` (``[len(seqs), vocab]``) for ``seqs``."""
     n, vocab = logits.shape
-    work = [i for i, s in enumerate(seqs) if needs_processing(s.params)]
+    work = [i for i, s in enumerate(seqs) if needs_processing(s, eos_token_ids)]
     if not work:
         tokens = logits.argmax(dim=-1).tolist()
     else:
