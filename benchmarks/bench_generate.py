@@ -56,6 +56,15 @@ PRESETS = {
     "gpt2": ("gpt2", "gpt2"),
     "llama250m": ("", "llama250m"),
     "llama-tiny": ("", "llama-tiny"),  # a few layers of 64: checks the code paths quickly
+    "llama-demo": ("", "llama-demo"),  # issues 12/13's "Llama demo shape" (bench_vllm's llama)
+}
+#: the Llama shape of bench_vllm.py (8 layers of 512, head size 64, a chat template)
+LLAMA_DEMO = {
+    "hidden_size": 512,
+    "intermediate_size": 1376,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
 }
 #: the ~250M-parameter Llama shape of issue 12
 LLAMA_250M = {
@@ -82,6 +91,8 @@ def build(kind: str, cache_dir: Path) -> Path:
             tiny.build_llama(path, vocab_size=32000, **LLAMA_250M)  # type: ignore[arg-type]
         elif kind == "llama-tiny":
             tiny.build_llama(path)
+        elif kind == "llama-demo":
+            tiny.build_llama(path, **LLAMA_DEMO)  # type: ignore[arg-type]
         else:
             tiny.build_gpt2(path, preset=preset)
     return path
