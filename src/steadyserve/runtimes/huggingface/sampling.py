@@ -60,10 +60,7 @@ def needs_processing(seq: SeqState, eos_token_ids: list[int]) -> bool:
         or params.presence_penalty != 0.0
         or params.frequency_penalty != 0.0
         or params.temperature > 0.0
-        or (
-            params.min_tokens > len(seq.output)
-            and bool(stop_ids(params, eos_token_ids))
-        )
+        or (params.min_tokens > len(seq.output) and bool(stop_ids(params, eos_token_ids)))
     )
 
 
