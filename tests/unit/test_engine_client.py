@@ -227,17 +227,23 @@ def test_a_model_that_fails_to_load_is_a_typed_load_failure(tmp_path: Any) -> No
     asyncio.run(main())
 
 
-def test_generation_output_is_per_step_with_exact_metrics_and_one_wake_for_non_streaming(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    wakes: list[bool] = []
+@pytest.fixture
+def wakes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Every wake-up of a sequence's reader: True when a reader was waiting for it."""
+    seen: list[bool] = []
     real_wake = SequenceState.wake
 
     def counting_wake(self: SequenceState) -> None:
-        wakes.append(self.waiter is not None and not self.waiter.done())
+        seen.append(self.waiter is not None and not self.waiter.done())
         real_wake(self)
 
     monkeypatch.setattr(SequenceState, "wake", counting_wake)
+    return seen
+
+
+def test_generation_output_is_per_step_with_exact_metrics_and_one_wake_for_non_streaming(
+    wakes: list[bool],
+) -> None:
     seen: list[events.EngineEvent] = []
 
     async def test(client: WorkerClient) -> None:
@@ -261,16 +267,8 @@ def test_generation_output_is_per_step_with_exact_metrics_and_one_wake_for_non_s
 
 
 def test_a_stop_string_ends_the_sequence_in_the_worker_and_wakes_a_non_stream_once(
-    monkeypatch: pytest.MonkeyPatch,
+    wakes: list[bool],
 ) -> None:
-    wakes: list[bool] = []
-    real_wake = SequenceState.wake
-
-    def counting_wake(self: SequenceState) -> None:
-        wakes.append(self.waiter is not None and not self.waiter.done())
-        real_wake(self)
-
-    monkeypatch.setattr(SequenceState, "wake", counting_wake)
 
     async def test(client: WorkerClient) -> None:
         # "slow" makes 200 tokens in ~4 s: the stop string must end it long before

@@ -42,6 +42,17 @@ def _engine(model: Any, **kw: Any) -> ContinuousBatcher:
     )
 
 
+def _plan_schedule(plan: list[tuple[int, int, int]], prompts: dict[str, list[int]]) -> Schedule:
+    """``plan`` rows (arrival step, prompt length, max_tokens) as a schedule of greedy
+    requests ``r0``, ``r1``, ... with ``prompts``."""
+    schedule: Schedule = {}
+    for i, (step, _, max_tokens) in enumerate(plan):
+        schedule.setdefault(step, []).append(
+            (f"r{i}", GenerateRequest(prompts[f"r{i}"], params=_greedy(max_tokens)))
+        )
+    return schedule
+
+
 def _buffers(engine: ContinuousBatcher) -> list[int]:
     assert engine.slots is not None
     layers = engine.slots.own + engine.slots.cross
@@ -55,11 +66,7 @@ def test_joins_and_leaves_do_not_reallocate(models: dict[str, Any], kind: str) -
     model = models[kind]
     plan = [(0, 6, 3), (0, 9, 14), (1, 5, 9), (4, 7, 6), (5, 3, 8), (9, 12, 4)]
     prompts = {f"r{i}": _prompt(model, n, seed=40 + i) for i, (_, n, _) in enumerate(plan)}
-    schedule: Schedule = {}
-    for i, (step, _, max_tokens) in enumerate(plan):
-        schedule.setdefault(step, []).append(
-            (f"r{i}", GenerateRequest(prompts[f"r{i}"], params=_greedy(max_tokens)))
-        )
+    schedule = _plan_schedule(plan, prompts)
     engine = _engine(model, max_num_seqs=3)
     seen: list[list[int]] = []
     holes: list[bool] = []
@@ -102,11 +109,7 @@ def test_window_compacts_and_grows_mid_stream(
     plan = [(0, 5, 20), (3, 14, 18), (10, 2, 25), (21, 9, 12), (24, 20, 15), (30, 1, 6)]
     plan += [(45, 6, 20), (52, 10, 25), (70, 3, 20), (75, 15, 8)]
     prompts = {f"r{i}": _prompt(model, n, seed=60 + i) for i, (_, n, _) in enumerate(plan)}
-    schedule: Schedule = {}
-    for i, (step, _, max_tokens) in enumerate(plan):
-        schedule.setdefault(step, []).append(
-            (f"r{i}", GenerateRequest(prompts[f"r{i}"], params=_greedy(max_tokens)))
-        )
+    schedule = _plan_schedule(plan, prompts)
     deltas, errors = _drive(engine, schedule)
     assert not errors
     assert any(s > 0 for s in rebuilt), "no compaction happened"
@@ -337,11 +340,7 @@ def test_static_shapes_for_compile_give_exact_tokens_with_few_shapes(
     assert {rows for rows, _ in shapes} == {1, 2, 4, 5}  # every bucket warmed up at load
     plan = [(0, 5, 12), (0, 9, 14), (1, 3, 9), (2, 7, 6), (4, 11, 16), (9, 2, 10), (12, 6, 5)]
     prompts = {f"r{i}": _prompt(model, n, seed=80 + i) for i, (_, n, _) in enumerate(plan)}
-    schedule: Schedule = {}
-    for i, (step, _, max_tokens) in enumerate(plan):
-        schedule.setdefault(step, []).append(
-            (f"r{i}", GenerateRequest(prompts[f"r{i}"], params=_greedy(max_tokens)))
-        )
+    schedule = _plan_schedule(plan, prompts)
     deltas, errors = _drive(engine, schedule)
     assert not errors
     for i, (_, _, max_tokens) in enumerate(plan):
