@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: names the variables of :func:`worker_env` that are our defaults (not the operator's)
+DEFAULTS_ENV = "STEADYSERVE_THREAD_DEFAULTS"
 #: libgomp spins before an idle thread sleeps (~100k per ms): ~10 us, see the module docstring
 SPIN_COUNT = "1000"
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
@@ -154,7 +156,8 @@ def detect(override: int | None = None) -> ThreadPlan:
 
 def worker_env(env: Mapping[str, str], plan: ThreadPlan) -> dict[str, str]:
     """Variables to add to the worker's environment (values the environment already sets win,
-    except the thread counts when ``--torch_threads`` was given)."""
+    except the thread counts when ``--torch_threads`` was given). ``DEFAULTS_ENV`` lists
+    the ones that are our defaults rather than the operator's (see :func:`drop_defaults`)."""
     out: dict[str, str] = {}
     defaults = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": SPIN_COUNT, "KMP_BLOCKTIME": "0"}
     for key, value in defaults.items():
@@ -163,4 +166,18 @@ def worker_env(env: Mapping[str, str], plan: ThreadPlan) -> dict[str, str]:
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         if key not in env or plan.reason == "--torch_threads":
             out[key] = str(plan.threads)
+    # the thread counts of --torch_threads are the operator's choice, not a default
+    forced = plan.reason == "--torch_threads"
+    ours = [k for k in out if k in defaults or not forced]
+    out[DEFAULTS_ENV] = ",".join(sorted(ours))
     return out
+
+
+def drop_defaults(env: MutableMapping[str, str]) -> list[str]:
+    """Take our OpenMP defaults (not the operator's settings) out of ``env``: for processes
+    that manage their own threads (vLLM's engine core and executor pin and size theirs).
+    Returns the names dropped."""
+    names = [k for k in env.pop(DEFAULTS_ENV, "").split(",") if k]
+    for name in names:
+        env.pop(name, None)
+    return names

@@ -112,6 +112,8 @@ def test_worker_env_defaults_and_what_the_environment_keeps() -> None:
         "KMP_BLOCKTIME": "0",
         "OMP_NUM_THREADS": "3",
         "MKL_NUM_THREADS": "3",
+        cpus.DEFAULTS_ENV: "GOMP_SPINCOUNT,KMP_BLOCKTIME,MKL_NUM_THREADS,OMP_NUM_THREADS,"
+        "OMP_WAIT_POLICY",
     }
     # the operator's own settings win ...
     kept = cpus.worker_env({"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "8"}, plan)
@@ -119,3 +121,18 @@ def test_worker_env_defaults_and_what_the_environment_keeps() -> None:
     # ... except the thread count when --torch_threads says otherwise
     forced = cpus.worker_env({"OMP_NUM_THREADS": "8"}, cpus.plan_threads(4, 1))
     assert forced["OMP_NUM_THREADS"] == "1"
+
+
+def test_drop_defaults_removes_ours_and_keeps_the_operators() -> None:
+    """vLLM's processes manage their own threads: our defaults are taken out for them, what the
+    operator set (the environment, --torch_threads) stays."""
+    env = {"OMP_WAIT_POLICY": "ACTIVE", "PATH": "/bin"}
+    env.update(cpus.worker_env(env, cpus.plan_threads(2)))
+    assert cpus.drop_defaults(env) == [
+        "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "MKL_NUM_THREADS", "OMP_NUM_THREADS"
+    ]  # fmt: skip
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE", "PATH": "/bin"}
+    forced = dict(cpus.worker_env({}, cpus.plan_threads(4, 1)))
+    cpus.drop_defaults(forced)
+    assert forced == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    assert cpus.drop_defaults({}) == []

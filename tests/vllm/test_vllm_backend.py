@@ -34,6 +34,24 @@ def client(server: ServerProcess) -> Iterator[httpx.Client]:
         yield c
 
 
+def test_vllm_processes_get_vllms_thread_defaults_not_ours(server: ServerProcess) -> None:
+    """Our passive OpenMP wait (cpus.py) is for our engine; vLLM's engine core and executor
+    manage their own threads, so they start without our defaults (the operator's stay)."""
+    import psutil
+
+    from steadyserve.cpus import DEFAULTS_ENV
+
+    worker = psutil.Process(int(server.debug()["models"]["m"]["pid"]))
+    assert DEFAULTS_ENV in worker.environ()  # the worker itself got them
+    children = worker.children(recursive=True)
+    assert children
+    for child in children:
+        env = child.environ()
+        assert DEFAULTS_ENV not in env, child.name()
+        for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+            assert env.get(name) == server.env.get(name), (child.name(), name)
+
+
 def test_the_model_runs_on_vllm_with_our_metadata(client: httpx.Client) -> None:
     meta = client.get("/v2/models/m").json()
     assert meta["platform"] == "vllm", meta
