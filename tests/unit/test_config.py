@@ -35,7 +35,8 @@ def test_a_setting_reaches_the_spec_and_the_engine_config() -> None:
     assert engine_config(settings).max_queue_size == 9
     assert spec.prefill_delay_steps is None  # the engine's own default (4 on CUDA, 0 on CPU)
     delayed = build_settings({"prefill_delay_steps": 2}, environ={})
-    assert ModelSpec(name="m", runtime="huggingface", **model_options(delayed)).prefill_delay_steps
+    spec = ModelSpec(name="m", runtime="huggingface", **model_options(delayed))
+    assert spec.prefill_delay_steps == 2
     from steadyserve.settings import ConfigError
 
     with pytest.raises(ConfigError, match="prefill_delay_steps"):

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from steadyserve.engine import events
+from steadyserve.engine import events, ipc
 from steadyserve.engine.client import WorkerClient
+from steadyserve.engine.detokenize import IncrementalDetokenizer, StopMatcher
 from steadyserve.engine.output import SequenceState, merge_deltas
 from steadyserve.engine.supervisor import ExitReason, State
 from steadyserve.errors import (
@@ -285,6 +287,34 @@ def test_a_stop_string_ends_the_sequence_in_the_worker_and_wakes_a_non_stream_on
         # a stop string that never matches: the held-back tail is flushed at the end
         tail = await collect(client.generate(gen("ok", 3), stream=False, stop=["never"]))
         assert tail[0].text == "t0 t1 t2 " and tail[0].finish_reason == "length"
+        assert await predict(client, "after") == ["AFTER"]
+
+    run(test)
+
+
+def test_an_undecodable_step_ends_a_non_streamed_sequence_at_once() -> None:
+    """A tokenizer that raises on a step's text (decoded per step: stop strings) ends that
+    sequence there with a 500 and drops it in the worker, even for a reader woken only at the
+    end; the next request is served."""
+
+    class Broken:
+        def decode(self, token_ids: Any, skip_special_tokens: bool = True) -> str:
+            raise RuntimeError("bad tokenizer")
+
+    async def test(client: WorkerClient) -> None:
+        seq = SequenceState(
+            tokens=5,
+            stream=False,
+            started=time.monotonic(),
+            detok=IncrementalDetokenizer(Broken()),
+            stop=StopMatcher(["x"]),
+        )
+        client._pending[999] = seq
+        client._queued_tokens += 5
+        client._on_deltas(ipc.Deltas(items=[(999, TokenDelta(token_ids=[1]))]))
+        assert 999 not in client._pending and client.in_flight == 0
+        assert len(seq.out) == 1 and isinstance(seq.out[0], ModelError)
+        assert "could not be detokenized" in seq.out[0].message
         assert await predict(client, "after") == ["AFTER"]
 
     run(test)

@@ -381,3 +381,45 @@ def test_real_torch_compile_of_the_static_step_gives_exact_tokens(
     assert not errors and engine._forward.compiled is not None
     for rid, n in (("a", 10), ("b", 8)):
         assert _tokens(deltas[rid]) == _reference(model, prompts[rid], n), rid
+
+
+def test_a_compiled_static_step_that_fails_mid_run_is_redone_on_its_own_view(
+    models: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three rows in four slots (a padded bucket), the window past column 0 (lo > 0), and the
+    compiled step raising mid-run: the step is redone eagerly on the static inputs it was
+    built for, then the batch goes back to the windowed view; no request fails, tokens exact."""
+    calls = {"n": 0, "armed": 0}
+
+    def flaky(model: Any, **kw: Any) -> Any:
+        def run(**inputs: Any) -> Any:
+            calls["n"] += calls["armed"]
+            if calls["n"] > 6:  # the 7th decoding step: r1-r3 in slots 0-2, lo > 0
+                raise RuntimeError("graph break at runtime")
+            return model(**inputs)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", flaky)
+    model = models["gpt2"]
+    engine = _engine(model, max_num_seqs=4, compile=True)
+    calls["armed"] = 1
+    # r0 (the widest prompt, from column 0) leaves after 3 tokens while r1 (right-aligned
+    # beside it, from column 6) runs on; r2 and r3 join into slots 0 and 2 (hi = 3: a bucket
+    # of 4 rows), every running row starting right of column 0 (lo > 0)
+    plan = [(0, 9, 3), (0, 3, 20), (4, 4, 12), (5, 5, 12)]
+    prompts = {f"r{i}": _prompt(model, n, seed=170 + i) for i, (_, n, _) in enumerate(plan)}
+    seen: list[tuple[int, int, bool]] = []
+
+    def watch(step: int, e: ContinuousBatcher) -> None:
+        if e.slots is not None:
+            seen.append((e.slots.hi, e.slots.lo, e.slots.static))
+
+    deltas, errors = _drive(engine, _plan_schedule(plan, prompts), on_step=watch)
+    assert not errors and engine._forward.compiled is None
+    assert engine.slots is not None and not engine.slots.static
+    assert any(hi == 3 and lo > 0 and static for hi, lo, static in seen), seen
+    for i, (_, _, max_tokens) in enumerate(plan):
+        rid = f"r{i}"
+        assert _tokens(deltas[rid]) == _reference(model, prompts[rid], max_tokens), rid

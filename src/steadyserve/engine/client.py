@@ -43,6 +43,7 @@ from steadyserve.engine.tokenizer import (
 from steadyserve.errors import (
     DeadlineExceeded,
     InvalidInput,
+    ModelError,
     QueueFull,
     ServiceUnavailable,
     SteadyError,
@@ -206,8 +207,8 @@ class WorkerClient:
         for rid in list(self._pending):
             self._finish(rid, error)
 
-    def _detokenize(self, msg: ipc.Deltas) -> None:
-        detokenize_step(
+    def _detokenize(self, msg: ipc.Deltas) -> set[SequenceState]:
+        return detokenize_step(
             [
                 (seq, d)
                 for rid, d in msg.items
@@ -221,10 +222,14 @@ class WorkerClient:
         for rid, seconds in msg.started:
             if rid in self._pending:
                 self.on_event(events.QueueWait(seconds))
-        self._detokenize(msg)
+        undecodable = self._detokenize(msg)
         for rid, delta in msg.items:
             seq = self._pending.get(rid)
             if not isinstance(seq, SequenceState):
+                continue
+            if seq in undecodable:  # ends here (a 500), whoever reads it; the worker drops it
+                self._finish(rid, ModelError("the output could not be detokenized"))
+                self.supervisor.send(ipc.frame(ipc.Abort(id=rid)))
                 continue
             first = seq.last_output == 0.0
             n = len(delta.token_ids)

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steadyserve.engine.detokenize import IncrementalDetokenizer, StopMatcher, decode_step
-from steadyserve.errors import ModelError
 from steadyserve.types import TokenDelta
 
 log = logging.getLogger("steadyserve.engine")
@@ -79,10 +78,12 @@ class SequenceState:
         return False
 
 
-def detokenize_step(items: list[tuple[SequenceState, TokenDelta]]) -> None:
-    """One engine step's text, set on its deltas, for every streamed sequence that wants it:
-    one batched decode per tokenizer (:func:`decode_step`). Non-streamed sequences decode
-    once, at the end (:meth:`SequenceState.text_of`)."""
+def detokenize_step(items: list[tuple[SequenceState, TokenDelta]]) -> set[SequenceState]:
+    """One engine step's text, set on its deltas, for every sequence decoded per step (streams,
+    and sequences with stop strings): one batched decode per tokenizer (:func:`decode_step`).
+    Other sequences decode once, at the end (:meth:`SequenceState.text_of`). Returns the
+    sequences whose text could not be decoded (the caller ends them)."""
+    failed: set[SequenceState] = set()
     groups: dict[int, list[tuple[SequenceState, TokenDelta]]] = {}
     for seq, delta in items:
         if seq.detok is not None and seq.per_step:
@@ -99,9 +100,8 @@ def detokenize_step(items: list[tuple[SequenceState, TokenDelta]]) -> None:
                 delta.text = text
         except Exception:
             log.exception("detokenization failed")
-            for seq, delta in group:
-                delta.text = ""
-                seq.out.append(ModelError("the output could not be detokenized"))
+            failed.update(seq for seq, _ in group)
+    return failed
 
 
 def merge_deltas(deltas: list[TokenDelta]) -> TokenDelta:

@@ -24,7 +24,7 @@ log = logging.getLogger("steadyserve.generation")
 class DecodeForward:
     """Calls the model for one decoding step: compiled when that works, else eagerly."""
 
-    #: graphs one compiled step may hold (row buckets x buffer widths, with room to spare)
+    #: graphs one compiled step may hold at least (see ``compile``'s ``shapes``)
     RECOMPILE_LIMIT = 64
 
     def __init__(self, model: Any, on_disable: Callable[[], None] | None = None) -> None:
@@ -32,14 +32,17 @@ class DecodeForward:
         self.compiled: Any = None
         self.on_disable = on_disable
 
-    def compile(self, device: torch.device, static: bool = True) -> bool:
-        """Wrap the model with ``torch.compile``; ``False`` (and a warning) when that fails."""
+    def compile(self, device: torch.device, static: bool = True, shapes: int = 0) -> bool:
+        """Wrap the model with ``torch.compile``; ``False`` (and a warning) when that fails.
+        ``shapes``: how many distinct step shapes there can be (row buckets x buffer widths),
+        so that dynamo keeps a graph for each instead of running the rest uncompiled."""
         try:
             mode = "reduce-overhead" if device.type == "cuda" else None  # CUDA graphs
             config = torch._dynamo.config
+            limit = max(self.RECOMPILE_LIMIT, 2 * shapes)
             for name in ("recompile_limit", "cache_size_limit"):  # the name moved in torch 2.6
                 if hasattr(config, name):
-                    setattr(config, name, max(getattr(config, name), self.RECOMPILE_LIMIT))
+                    setattr(config, name, max(getattr(config, name), limit))
             self.compiled = torch.compile(self.model, dynamic=not static, mode=mode)
         except Exception as exc:  # noqa: BLE001 - never fail the load over an optimisation
             self.disable(exc)
@@ -58,5 +61,9 @@ class DecodeForward:
             try:
                 return self.compiled(**inputs)
             except Exception as exc:  # noqa: BLE001 - fall back, never fail the request
+                # redo this step eagerly on the inputs (and the cache view) it was built for,
+                # and only then give up the compiled path (``on_disable`` changes the view)
+                out = self.model(**inputs)
                 self.disable(exc)
+                return out
         return self.model(**inputs)

@@ -287,6 +287,11 @@ class SlotBatch:
             self._make_room(1)
         idx = torch.tensor(free, dtype=torch.long, device=self.device)
         left = self.col - width
+        if self.static:  # the static view reads every column: no stale NaN/inf under a mask
+            for layer in self.own + self.cross:
+                assert layer.kbuf is not None and layer.vbuf is not None
+                layer.kbuf.index_fill_(0, idx, 0)
+                layer.vbuf.index_fill_(0, idx, 0)
         for mine, theirs in zip(self.own, own, strict=True):
             assert mine.kbuf is not None and mine.vbuf is not None
             mine.kbuf[idx, :, left : self.col] = theirs.keys  # type: ignore[assignment]

@@ -154,8 +154,10 @@ class VllmModel(Model):
         space = self.backend_options.get("kv_cache_space_gb")
         if space is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(space))
-        # vLLM sizes, pins and waits its own OpenMP threads: its processes get vLLM's defaults,
-        # not ours (cpus.py; our passive wait cost its executor 13% at c=32 on 2 cores)
+        # vLLM sizes, pins and waits its own OpenMP threads: the processes it starts get
+        # vLLM's defaults, not ours (cpus.py; our passive wait cost its executor 13% at c=32
+        # on 2 cores). This process's OpenMP read them when torch loaded: an engine core run
+        # in the worker (--vllm_engine_core worker) keeps the worker's.
         from steadyserve.cpus import drop_defaults
 
         dropped = drop_defaults(os.environ)
