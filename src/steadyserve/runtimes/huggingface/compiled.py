@@ -32,7 +32,7 @@ class DecodeForward:
         self.compiled: Any = None
         self.on_disable = on_disable
 
-    def compile(self, device: torch.device, static: bool = True, shapes: int = 0) -> bool:
+    def compile(self, device: torch.device, shapes: int = 0) -> bool:
         """Wrap the model with ``torch.compile``; ``False`` (and a warning) when that fails.
         ``shapes``: how many distinct step shapes there can be (row buckets x buffer widths),
         so that dynamo keeps a graph for each instead of running the rest uncompiled."""
@@ -43,7 +43,7 @@ class DecodeForward:
             for name in ("recompile_limit", "cache_size_limit"):  # the name moved in torch 2.6
                 if hasattr(config, name):
                     setattr(config, name, max(getattr(config, name), limit))
-            self.compiled = torch.compile(self.model, dynamic=not static, mode=mode)
+            self.compiled = torch.compile(self.model, dynamic=False, mode=mode)
         except Exception as exc:  # noqa: BLE001 - never fail the load over an optimisation
             self.disable(exc)
             return False

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import random
 from collections import OrderedDict
 from typing import Any
@@ -50,7 +49,7 @@ from steadyserve.runtimes.huggingface.compiled import DecodeForward
 from steadyserve.runtimes.huggingface.hf_cache import cache_keyword, output_cache
 from steadyserve.runtimes.huggingface.kvcache import Batch, Seq, new_cache
 from steadyserve.runtimes.huggingface.sampling import Selection, select_tokens, stop_ids
-from steadyserve.runtimes.huggingface.slots import INITIAL_WIDTH, SlotBatch, buckets
+from steadyserve.runtimes.huggingface.slots import SlotBatch, buckets, static_shapes
 from steadyserve.types import GenerateRequest, SamplingParams, TokenDelta
 
 log = logging.getLogger("steadyserve.generation")
@@ -333,9 +332,8 @@ class ContinuousBatcher:
         if self.slots is None:
             log.warning("--compile needs the slot KV cache; decoding runs eagerly")
             return
-        widths = max(1, math.ceil(math.log2(max(2, 2 * self.max_model_len + 1) / INITIAL_WIDTH)))
-        shapes = len(buckets(self.max_num_seqs)) * (widths + 1)
-        if not self._forward.compile(self.device, static=self._static, shapes=shapes):
+        shapes = static_shapes(self.max_num_seqs, self.max_model_len)
+        if not self._forward.compile(self.device, shapes=shapes):
             return
         try:  # every bucket of rows once, so that no request waits for a compile later
             for size in buckets(self.max_num_seqs):

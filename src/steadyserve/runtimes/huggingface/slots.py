@@ -34,6 +34,7 @@ can switch from static to windowed at any step (a compile failure does).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -51,6 +52,14 @@ def buckets(slots: int) -> list[int]:
     while out[-1] < slots:
         out.append(min(2 * out[-1], slots))
     return out
+
+
+def static_shapes(slots: int, max_model_len: int) -> int:
+    """How many distinct shapes a static step can take: row buckets x buffer widths (the
+    widths double from ``INITIAL_WIDTH`` up to ``2 * max_model_len + 1``)."""
+    max_width = 2 * max_model_len + 1
+    widths = max(1, math.ceil(math.log2(max(2, max_width) / INITIAL_WIDTH))) + 1
+    return len(buckets(slots)) * widths
 
 
 def bucket(rows: int, slots: int) -> int:

@@ -163,18 +163,19 @@ class VllmEngine:
         except (ValueError, TypeError) as exc:
             raise InvalidInput(bounded(str(exc))) from None
 
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call into vLLM; its engine core dying ends the worker (``on_dead``)."""
+    def _call(self, fn: Callable[..., Any], *args: Any, fatal: bool = False) -> Any:
+        """Call into vLLM; its engine core dying ends the worker (``on_dead``), and so does
+        any failure of a ``fatal`` call."""
         try:
             return fn(*args)
         except Exception as exc:
-            if _is_engine_dead(exc) or (self.in_process and fn == self.llm.step):
+            if fatal or _is_engine_dead(exc):
                 self.on_dead(exc)
             raise
 
     def _step_once(self) -> StepOutput:
         out: StepOutput = []
-        for output in self._call(self.llm.step):
+        for output in self._call(self.llm.step, fatal=self.in_process):
             rid = str(output.request_id)
             live = self.live.get(rid)
             if live is None:
