@@ -166,6 +166,8 @@ def make_engine(model: Any, slots: int, args: argparse.Namespace | None = None) 
         kw["compile"] = args.compile
         if args.prefill_delay is not None:
             kw["prefill_delay_steps"] = args.prefill_delay
+        if args.prefill_hold is not None:
+            kw["prefill_hold_ms"] = args.prefill_hold
     return ContinuousBatcher(
         model,
         eos_token_ids=[int(cfg.eos_token_id)],
@@ -313,6 +315,7 @@ def run_server_load(
     concurrency: int,
     total: int,
     arrivals: str = "closed",
+    client: str = "aiohttp",
 ) -> dict[str, Any]:
     """Closed-loop clients at ``concurrency`` (``total`` requests), or with ``arrivals="wave"``
     one simultaneous wave of ``concurrency`` requests."""
@@ -339,6 +342,7 @@ def run_server_load(
             total=concurrency if arrivals == "wave" else total,
             duration_s=120.0,
             on_response=usage,
+            client=client,
         )
     )
     tokens = sum(res.payload)
@@ -439,7 +443,9 @@ def _bench_level(
                     )
                 )
                 if url is not None:
-                    served[busy].append(run_server_load(url, prompts, n, b, total, args.arrivals))
+                    served[busy].append(
+                        run_server_load(url, prompts, n, b, total, args.arrivals, args.client)
+                    )
     g = statistics.median(gen_times)
     ceiling = {"tokens_per_s": b * n / g, "latency_ms": g * 1000}
     rows = [_row(kind, "generate", b, b * n / g, g * 1000, g * 1000, ceiling)]
@@ -544,6 +550,18 @@ def main(argv: list[str] | None = None) -> int:
         "--prefill_delay", type=int, default=None, help="engine prefill_delay_steps (default: auto)"
     )
     parser.add_argument(
+        "--prefill_hold",
+        type=float,
+        default=None,
+        help="prefill_hold_ms of the engine and the server (default: the engine's)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=["aiohttp", "httpx"],
+        default="aiohttp",
+        help="the load generator's HTTP client (it shares the CPUs with the server)",
+    )
+    parser.add_argument(
         "--server_args",
         nargs="*",
         default=[],
@@ -562,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     args.server_args = [a for arg in args.server_args for a in arg.split()]
     if args.compile:
         args.server_args.append("--compile")
+    if args.prefill_hold is not None:
+        args.server_args += ["--prefill_hold_ms", str(args.prefill_hold)]
 
     from steadyserve import cpus
 
@@ -589,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         "arrivals": args.arrivals,
         "kv_cache": args.kv_cache,
         "compile": args.compile,
+        "client": args.client,
         "argv": sys.argv[1:] if argv is None else argv,
         "cpu_count": os.cpu_count(),
         "loadavg_end": os.getloadavg(),

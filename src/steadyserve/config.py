@@ -53,6 +53,7 @@ class ModelSpec(msgspec.Struct, kw_only=True):
     torch_threads: int | None = _default("torch_threads")
     compile: bool = _default("compile")
     prefill_delay_steps: int | None = _default("prefill_delay_steps")
+    prefill_hold_ms: float | None = _default("prefill_hold_ms")
     #: keyword arguments for a custom model's constructor
     options: dict[str, Any] = {}
 

@@ -53,6 +53,10 @@ class BatchGenerator(Protocol):
     ``finish_reason`` is done and must already have freed its slot. A per-sequence failure is
     returned as an exception paired with its id (only that request fails). If ``step`` itself
     raises, every running sequence fails and the scheduler calls ``reset``.
+
+    A generator may also define ``idle_s() -> float``: how long it would rather wait for more
+    arrivals than step (it holds queued requests and has nothing to decode). The scheduler then
+    sleeps on its inbox for at most that long, waking at once for the next message.
     """
 
     def add(self, request_id: str, request: GenerateRequest) -> None: ...

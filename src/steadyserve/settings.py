@@ -193,6 +193,14 @@ class Settings(BaseModel):
         "share one prefill pass (time to first token grows by at most that many steps; "
         "default: 4 on CUDA, 0 on CPU).",
     )
+    prefill_hold_ms: float | None = Field(
+        None,
+        ge=0,
+        le=10_000,
+        description="Generation: while the next requests of clients whose sequences just "
+        "finished are on their way, how long an arrival may be held so that they share one "
+        "prefill pass (0: never; default 50).",
+    )
     compile: bool = Field(
         False,
         description="torch.compile the generation decode step over fixed shapes (power-of-two "

@@ -41,6 +41,11 @@ def test_a_setting_reaches_the_spec_and_the_engine_config() -> None:
 
     with pytest.raises(ConfigError, match="prefill_delay_steps"):
         build_settings({"prefill_delay_steps": -1}, environ={})
+    assert spec.prefill_hold_ms is None  # the engine's own default (50 ms)
+    held = build_settings({"prefill_hold_ms": 0}, environ={})
+    assert ModelSpec(name="m", runtime="huggingface", **model_options(held)).prefill_hold_ms == 0
+    with pytest.raises(ConfigError, match="prefill_hold_ms"):
+        build_settings({"prefill_hold_ms": -5}, environ={})
 
 
 def test_the_runtime_registry_builds_known_runtimes_and_refuses_others() -> None:

@@ -47,6 +47,9 @@ def _engine(model: Any, *, max_num_seqs: int = 8, max_model_len: int = 128) -> C
         pad_token_id=int(model.config.pad_token_id),
         max_num_seqs=max_num_seqs,
         max_model_len=max_model_len,
+        # schedules here are in steps; the hold for replacements is in time, and has its own
+        # tests (test_prefill_hold.py, with a clock of their own)
+        prefill_hold_ms=0,
     )
 
 

@@ -34,6 +34,7 @@ from tests.unit.test_generation_engine import (
 def _engine(model: Any, **kw: Any) -> ContinuousBatcher:
     kw.setdefault("max_num_seqs", 4)
     kw.setdefault("max_model_len", 128)
+    kw.setdefault("prefill_hold_ms", 0)  # schedules in steps (see test_prefill_hold.py)
     return ContinuousBatcher(
         model,
         eos_token_ids=[int(model.config.eos_token_id)],

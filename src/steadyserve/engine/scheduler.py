@@ -216,14 +216,20 @@ class Scheduler:
                 )
 
     def _wait_time(self) -> float:
-        if self.gen_running or self.gen_waiting:
+        if self.gen_waiting:
             return 0.0
-        if self.pending and self._batch_due():
-            return 0.0
+        wait = HEARTBEAT_S
+        if self.gen_running:
+            # 0 unless the generator holds arrivals with nothing to decode (then it sleeps
+            # here, on the inbox, and leaves the CPUs to the HTTP side meanwhile)
+            idle = getattr(self.generator, "idle_s", None)
+            wait = min(wait, idle()) if idle is not None else 0.0
         if self.pending:
-            oldest = self.pending[0].arrived
-            return max(0.0, oldest + self.spec.max_batch_wait_ms / 1000 - time.monotonic())
-        return HEARTBEAT_S
+            if self._batch_due():
+                return 0.0
+            due = self.pending[0].arrived + self.spec.max_batch_wait_ms / 1000
+            wait = min(wait, max(0.0, due - time.monotonic()))
+        return wait
 
     def _drain_inbox(self, timeout: float) -> None:
         try:

@@ -12,12 +12,24 @@ Each ``step``:
    prompts for decoder-only models; for encoder-decoder models the encoder plus the first decoder
    step), picks their first token, and moves them into free cache slots.
 
-**Arrivals and time to first token.** While rows are decoding, arrivals may be held back so that
-they share one prefill pass instead of costing a pass each: they are prefilled as soon as they
-would fill the free slots or number at least two and a quarter of the running batch, and never later than
-``prefill_delay_steps`` steps after they arrived. So a request that finds a free slot gets its
-first token within ``prefill_delay_steps + 1`` steps (default 4 on CUDA, where a prefill pass
-costs about a decode step; 0 on CPU: every step prefills what arrived).
+**Arrivals and time to first token.** Every prefill pass has a fixed cost (on a CPU, a
+one-row prefill of t5-small costs about a 32-row decode step), so arrivals are prefilled
+together where that costs little waiting:
+
+* *Replacements.* A sequence that just finished is often replaced at once by its client's next
+  request (closed-loop clients, chat turns, batch jobs); while the replacements of recent
+  finishes (at most ``prefill_hold_ms`` old) are still on their way and slots are free for
+  them, arrivals are held, each at most ``prefill_hold_ms`` after it arrived. A lone client
+  (each arrival replaces the one finish) is never held. With nothing to decode meanwhile the
+  engine sleeps (``idle_s``), which leaves the CPUs to the HTTP side that is sending the
+  replacements.
+* *While rows decode*, arrivals may also be held until they would fill the free slots or
+  number at least two and a quarter of the running batch, and never longer than
+  ``prefill_delay_steps`` steps (default 4 on CUDA, where a prefill pass costs about a decode
+  step; 0 on CPU).
+
+So a request that finds a free slot gets its first token within ``prefill_hold_ms`` plus
+``prefill_delay_steps + 1`` steps.
 
 The running batch lives in :mod:`.slots` (pre-allocated per-slot KV buffers: joins and leaves copy
 nothing); ``kv_cache="dynamic"`` keeps the older :mod:`.kvcache` batch (a padded ``DynamicCache``
@@ -37,7 +49,8 @@ from __future__ import annotations
 import inspect
 import logging
 import random
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from typing import Any
 
 import torch
@@ -59,6 +72,8 @@ PREFILL_TOKEN_BUDGET = 8192
 #: default bound on how many decoding steps an arrival may wait for others to be prefilled with
 #: (on CUDA; 0 on CPU, where one prompt's prefill costs less than a batched decode step)
 PREFILL_DELAY_STEPS_GPU = 4
+#: default bound on how long an arrival is held for the replacements of recent finishes
+PREFILL_HOLD_MS = 50.0
 
 StepOutput = list[tuple[str, TokenDelta | BaseException]]
 _WARM_UP = SamplingParams(max_tokens=4, min_tokens=4, temperature=0.0, ignore_eos=True)
@@ -78,6 +93,7 @@ class ContinuousBatcher:
         device: torch.device | str | None = None,
         kv_cache: str = "slots",
         prefill_delay_steps: int | None = None,
+        prefill_hold_ms: float | None = None,
         compile: bool = False,
     ) -> None:
         if max_num_seqs < 1 or max_model_len < 2:
@@ -112,8 +128,17 @@ class ContinuousBatcher:
         if prefill_delay_steps < 0:
             raise ValueError("prefill_delay_steps must be >= 0")
         self.prefill_delay_steps = prefill_delay_steps
+        if prefill_hold_ms is None:
+            prefill_hold_ms = PREFILL_HOLD_MS
+        if prefill_hold_ms < 0:
+            raise ValueError("prefill_hold_ms must be >= 0")
+        self.prefill_hold_s = prefill_hold_ms / 1000
+        self._now = time.monotonic  # the clock of the hold (tests set their own)
         self._steps = 0
-        self._arrived: dict[str, int] = {}
+        #: each waiting request's arrival: (step, monotonic time)
+        self._arrived: dict[str, tuple[int, float]] = {}
+        #: when recent sequences finished (those whose replacement has not arrived yet)
+        self._finished: deque[float] = deque()
         self.waiting: OrderedDict[str, Seq] = OrderedDict()
         self.batch: Batch | None = None
         #: static shapes for the compiled step (until compiling fails)
@@ -136,7 +161,9 @@ class ContinuousBatcher:
         if params.seed is not None and params.temperature > 0:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(int(params.seed))
-        self._arrived[request_id] = self._steps
+        self._arrived[request_id] = (self._steps, self._now())
+        if self._finished:  # the replacement of a recent finish (or a new client: no matter)
+            self._finished.popleft()
         self.waiting[request_id] = Seq(
             params=params,
             prompt=prompt,
@@ -171,6 +198,8 @@ class ContinuousBatcher:
     def step(self) -> StepOutput:
         """One decoding iteration for the running batch, then admit and prefill new requests."""
         out: StepOutput = []
+        if not self._running() and self._hold_s() > 0:
+            return out  # nothing to decode, and the arrivals wait for the rest
         self._steps += 1
         with torch.inference_mode():
             if self.slots is not None:
@@ -188,9 +217,14 @@ class ContinuousBatcher:
         """Drop every sequence and the cache (after a failed step)."""
         self.waiting.clear()
         self._arrived.clear()
+        self._finished.clear()
         self.batch = None
         if self.slots is not None:  # a step that raised may have left it half-updated
             self.slots = self._new_slots()
+
+    def idle_s(self) -> float:
+        """Seconds to sleep rather than step: arrivals are held and nothing decodes."""
+        return 0.0 if self._running() else self._hold_s()
 
     def stats(self) -> dict[str, int]:
         batch = self.slots or self.batch
@@ -234,14 +268,15 @@ class ContinuousBatcher:
             batch.select(keep)
 
     def _admit(self) -> list[Seq]:
-        """The waiting requests to prefill now: as many as there are free slots, but while
-        rows are decoding, arrivals are held back (at most ``prefill_delay_steps`` steps) until
-        they can be prefilled together: enough to fill the free slots or (at least two and) a quarter of the
-        running batch."""
+        """The waiting requests to prefill now: as many as there are free slots, unless they
+        are held (see the module docstring: replacements on their way, or arrivals that
+        ``prefill_delay_steps`` lets wait for others while rows decode)."""
         running = self._running()
         free = self.max_num_seqs - running
+        if self._hold_s() > 0:
+            return []
         if self.waiting and free and running and self.prefill_delay_steps:
-            oldest = self._arrived.get(next(iter(self.waiting)), self._steps)
+            oldest = self._arrived.get(next(iter(self.waiting)), (self._steps, 0.0))[0]
             enough = len(self.waiting) >= min(free, max(2, running // 4))
             if not enough and self._steps - oldest < self.prefill_delay_steps:
                 return []
@@ -251,6 +286,21 @@ class ContinuousBatcher:
             self._arrived.pop(seq.request_id, None)
             admitted.append(seq)
         return admitted
+
+    def _hold_s(self) -> float:
+        """How much longer the waiting requests are held for the replacements of recent
+        finishes (0: not held)."""
+        if not self.waiting or not self._finished:
+            return 0.0
+        now = self._now()
+        horizon = now - self.prefill_hold_s
+        while self._finished and self._finished[0] <= horizon:
+            self._finished.popleft()  # too old: its replacement is not coming soon
+        free = self.max_num_seqs - self._running()
+        if not self._finished or len(self.waiting) >= free:
+            return 0.0
+        oldest = self._arrived.get(next(iter(self.waiting)), (0, now))[1]
+        return max(0.0, oldest + self.prefill_hold_s - now)
 
     @staticmethod
     def _groups(seqs: list[Seq]) -> list[list[Seq]]:
@@ -488,6 +538,11 @@ class ContinuousBatcher:
             out.append((seq.request_id, delta))
             if reason is not None:
                 done.add(i)
+        if done and self.prefill_hold_s:
+            now = self._now()
+            self._finished.extend(now for _ in done)
+            while len(self._finished) > self.max_num_seqs:  # at most a batch is replaced
+                self._finished.popleft()
         return done
 
     def _finish_reason(self, seq: Seq, token: int) -> str | None:

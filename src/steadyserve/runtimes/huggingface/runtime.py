@@ -199,6 +199,7 @@ class HuggingFaceModel(Model):
             device=self.device,
             compile=self.spec.compile,
             prefill_delay_steps=self.spec.prefill_delay_steps,
+            prefill_hold_ms=self.spec.prefill_hold_ms,
         )
         return engine
 
