@@ -4,9 +4,9 @@
 ``duration_s`` passed. Only loopback targets are meant here.
 
 The load generator shares the machine with the server it measures, so its own CPU use is part of
-what a run measures. aiohttp's client (the default) costs about a third of httpx's per request
-(measured on 2 vCPUs: ~0.7 against ~2.0 ms of CPU per completion request); ``client="httpx"``
-keeps the older figure comparable.
+what a run measures. aiohttp's client (the default) costs a tenth of httpx's per request
+(measured on 2 vCPUs: 0.14-0.17 against 2.0 ms of CPU per completion request); every benchmark
+here uses it since 2026-12-05, and ``client="httpx"`` gives figures comparable with older runs.
 """
 
 from __future__ import annotations

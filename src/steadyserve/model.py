@@ -56,7 +56,9 @@ class BatchGenerator(Protocol):
 
     A generator may also define ``idle_s() -> float``: how long it would rather wait for more
     arrivals than step (it holds queued requests and has nothing to decode). The scheduler then
-    sleeps on its inbox for at most that long, waking at once for the next message.
+    sleeps on its inbox for at most that long, waking at once for the next message. An ``add``
+    that takes an ``arrived`` keyword gets the ``time.monotonic()`` at which the request reached
+    the worker (it may have waited for a free slot since).
     """
 
     def add(self, request_id: str, request: GenerateRequest) -> None: ...

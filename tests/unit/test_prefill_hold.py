@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from steadyserve.config import ModelSpec
-from steadyserve.engine.ipc import Deltas, Generate, Shutdown, Submit
+from steadyserve.engine.ipc import Deltas, Generate, Heartbeat, Shutdown, Submit
 from steadyserve.engine.scheduler import Scheduler
 from steadyserve.model import Model
+from steadyserve.runtimes.huggingface.compiled import DecodeForward
 from steadyserve.runtimes.huggingface.generation import PREFILL_HOLD_MS, ContinuousBatcher
 from steadyserve.types import GenerateRequest, TokenDelta
 from tests.unit.test_generation_engine import (
@@ -100,6 +101,7 @@ def test_replacements_of_a_finished_batch_share_one_prefill(
         run.add(rid, prompts[rid], 3)
     run.until_finished({"r0", "r1", "r2"}, clock)
     assert run.prefills == [["r0", "r1", "r2"]]  # a fresh engine holds nobody
+    finished_at = clock.t - 0.005  # the last step (then the clock moved on)
 
     # three finished together: their clients' next requests trickle in; the first two are held
     clock.advance(2)
@@ -110,7 +112,8 @@ def test_replacements_of_a_finished_batch_share_one_prefill(
     run.add("r4", prompts["r4"], 4)
     run.step()
     assert len(run.prefills) == 1 and "r3" not in run.tokens
-    assert engine.idle_s() == pytest.approx(PREFILL_HOLD_MS / 1000 - 0.010)
+    # held until the finishes are PREFILL_HOLD_MS old (r3 arrived after them)
+    assert engine.idle_s() == pytest.approx(finished_at + PREFILL_HOLD_MS / 1000 - clock.t)
     clock.advance(5)
     run.add("r5", prompts["r5"], 4)  # the last replacement: nothing is held any more
     assert engine.idle_s() == 0
@@ -148,6 +151,66 @@ def test_no_arrival_waits_past_the_bound(models: dict[str, Any]) -> None:  # noq
     run.step()
     assert run.prefills[-1] == ["r4"]
     assert run.tokens["r3"] == _reference(model, prompts["r3"], 3)
+
+
+def test_the_hold_ends_when_the_last_expected_replacement_is_too_old(
+    models: dict[str, Any],  # noqa: F811
+) -> None:
+    """Three finished at t0 and one came back at t0+45 ms: the other two are not waited for
+    past t0+50 ms (the newest finish's bound), though the arrival itself is only 5 ms old."""
+    model = models["gpt2"]
+    clock = Clock()
+    engine = _engine(model, clock)
+    run = Run(engine)
+    for rid in ("r0", "r1", "r2"):
+        run.add(rid, _prompt(model, 4, seed=500), 2)
+    run.until_finished({"r0", "r1", "r2"}, clock, step_ms=0)
+    clock.advance(45)
+    run.add("r3", _prompt(model, 4, seed=501), 2)
+    assert engine.idle_s() == pytest.approx(0.005)
+    clock.advance(5)
+    assert engine.idle_s() == 0
+    run.step()
+    assert run.prefills[-1] == ["r3"]
+
+
+def test_a_request_that_waited_for_a_slot_is_not_held_again(
+    models: dict[str, Any],  # noqa: F811
+) -> None:
+    """The bound counts from when the request reached the worker (``arrived``), not from when
+    a slot let the scheduler hand it to the engine."""
+    model = models["gpt2"]
+    clock = Clock()
+    engine = _engine(model, clock)
+    run = Run(engine)
+    for rid in ("r0", "r1", "r2"):
+        run.add(rid, _prompt(model, 4, seed=600), 2)
+    run.until_finished({"r0", "r1", "r2"}, clock, step_ms=0)
+    engine.add("late", GenerateRequest(_prompt(model, 4, seed=601), params=_greedy(2)), clock.t - 2)
+    assert engine.idle_s() == 0
+    run.step()
+    assert run.prefills[-1] == ["late"]
+    # the same request arriving now would be held for the two others
+    run.until_finished({"late"}, clock, step_ms=0)
+    engine.add("fresh", GenerateRequest(_prompt(model, 4, seed=602), params=_greedy(2)))
+    assert engine.idle_s() > 0
+
+
+def test_no_hold_is_left_over_from_the_compile_warm_up(
+    models: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--compile`` runs warm-up requests through the engine at load; their finishes are not
+    finishes a client replaces, so the first real requests are not held for them."""
+    monkeypatch.setattr(DecodeForward, "compile", lambda self, device, shapes=0: True)
+    model = models["gpt2"]
+    engine = _engine(model, Clock(), compile=True)
+    assert not engine.has_work()
+    run = Run(engine)
+    run.add("first", _prompt(model, 4, seed=700), 2)
+    assert engine.idle_s() == 0
+    run.step()
+    assert run.prefills == [["first"]]
 
 
 def test_a_lone_client_and_a_zero_hold_are_never_held(
@@ -199,9 +262,11 @@ class _HoldingGenerator:
         self.hold = 10.0
         self.steps = 0
         self.requests: list[str] = []
+        self.arrivals: list[float | None] = []
 
-    def add(self, request_id: str, request: Any) -> None:
+    def add(self, request_id: str, request: Any, arrived: float | None = None) -> None:
         self.requests.append(request_id)
+        self.arrivals.append(arrived)
 
     def abort(self, request_id: str) -> None:
         self.requests.remove(request_id)
@@ -211,8 +276,8 @@ class _HoldingGenerator:
 
     def step(self) -> list[tuple[str, TokenDelta]]:
         self.steps += 1
-        if self.hold > 0:
-            return []
+        if self.hold > 0 or (self.hold < 0 and self.steps % 2):
+            return []  # held (or, with a broken hint, running for one more step)
         done, self.requests = self.requests, []
         return [(rid, TokenDelta(token_ids=[7], finish_reason="length")) for rid in done]
 
@@ -223,6 +288,8 @@ class _HoldingGenerator:
         return {}
 
     def idle_s(self) -> float:
+        if self.hold < 0:
+            raise RuntimeError("a broken hint")
         return self.hold if self.requests else 0.0
 
 
@@ -264,10 +331,19 @@ def test_the_scheduler_sleeps_while_the_engine_holds() -> None:
     thread = threading.Thread(target=scheduler.run, daemon=True)
     thread.start()
     try:
+        before = time.monotonic()
         channel.inbox.put(_submit(1))
-        time.sleep(0.3)
+        time.sleep(0.6)
         steps = model.generator.steps
-        assert 1 <= steps <= 5, steps  # a busy loop would have stepped thousands of times
+        assert 1 <= steps <= 10, steps  # a busy loop would have stepped thousands of times
+        # it handed the engine the time the request reached the worker
+        (arrived,) = model.generator.arrivals
+        assert arrived is not None and before <= arrived <= before + 0.5
+        # the sleep is cut into heartbeats: the server still hears from it (no "hang")
+        beats = 0
+        while not channel.sent.empty():
+            beats += isinstance(channel.sent.get(), Heartbeat)
+        assert beats >= 2
         channel.inbox.put(_submit(2))  # a message wakes it: the new arrival is added at once
         deadline = time.monotonic() + 5
         while model.generator.requests != ["1", "2"] and time.monotonic() < deadline:
@@ -285,3 +361,29 @@ def test_the_scheduler_sleeps_while_the_engine_holds() -> None:
         channel.inbox.put(Shutdown())
         thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_a_generator_whose_idle_hint_fails_still_serves(caplog: pytest.LogCaptureFixture) -> None:
+    """A custom generator's ``idle_s`` that raises is logged once and ignored: the worker
+    keeps stepping and the request is served (the hint is an optimisation, never a failure)."""
+    model = _HoldingModel()
+    model.generator.hold = -1.0  # idle_s raises; each request takes two steps
+    channel = _Channel()
+    spec = ModelSpec(name="held", runtime="custom")
+    scheduler = Scheduler(model, spec, channel, None, on_server_gone=lambda: None)
+    thread = threading.Thread(target=scheduler.run, daemon=True)
+    with caplog.at_level("ERROR", logger="steadyserve.worker"):
+        thread.start()
+        try:
+            for rid in (1, 2):
+                channel.inbox.put(_submit(rid))
+                while True:
+                    msg = channel.sent.get(timeout=5)
+                    if isinstance(msg, Deltas) and msg.items:
+                        assert [i for i, _ in msg.items] == [rid]
+                        break
+        finally:
+            channel.inbox.put(Shutdown())
+            thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert sum("idle_s() failed" in r.getMessage() for r in caplog.records) == 1

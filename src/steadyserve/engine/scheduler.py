@@ -170,6 +170,9 @@ class Scheduler:
         self.hint = (0, 0)
         #: Result/Failed messages sent for predict/infer/embed requests
         self.results_sent = 0
+        #: whether the generator's add() takes the worker's arrival time (``arrived=``)
+        self._add_arrival = _accepts_keyword(getattr(self.generator, "add", None), "arrived")
+        self._idle_failed = False
 
     # ---- I/O -----------------------------------------------------------------------------
     def _reader(self) -> None:
@@ -222,14 +225,27 @@ class Scheduler:
         if self.gen_running:
             # 0 unless the generator holds arrivals with nothing to decode (then it sleeps
             # here, on the inbox, and leaves the CPUs to the HTTP side meanwhile)
-            idle = getattr(self.generator, "idle_s", None)
-            wait = min(wait, idle()) if idle is not None else 0.0
+            wait = min(wait, self._gen_idle())
         if self.pending:
             if self._batch_due():
                 return 0.0
             due = self.pending[0].arrived + self.spec.max_batch_wait_ms / 1000
             wait = min(wait, max(0.0, due - time.monotonic()))
         return wait
+
+    def _gen_idle(self) -> float:
+        """The generator's ``idle_s()`` (0 without one; a failing one is logged once and
+        treated as 0: it may cost a busy loop, never the requests)."""
+        idle = getattr(self.generator, "idle_s", None)
+        if idle is None:
+            return 0.0
+        try:
+            return max(0.0, float(idle()))
+        except Exception:  # noqa: BLE001 - a custom generator's hint must not kill the worker
+            if not self._idle_failed:
+                log.exception("the generator's idle_s() failed; stepping without waiting")
+                self._idle_failed = True
+            return 0.0
 
     def _drain_inbox(self, timeout: float) -> None:
         try:
@@ -460,7 +476,10 @@ class Scheduler:
             work = job.msg.work
             assert isinstance(work, Generate)
             try:
-                generator.add(str(job.msg.id), work.request)
+                if self._add_arrival:
+                    generator.add(str(job.msg.id), work.request, arrived=job.arrived)
+                else:
+                    generator.add(str(job.msg.id), work.request)
             except Exception as exc:  # noqa: BLE001 - bad request fails alone
                 self._fail(job, exc)
                 continue
@@ -502,6 +521,13 @@ def _accepts_parameters(fn: Any) -> bool:
         return False
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def _accepts_keyword(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _parameters(job: Job) -> dict[str, Any]:

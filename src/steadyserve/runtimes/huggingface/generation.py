@@ -150,8 +150,10 @@ class ContinuousBatcher:
             self._compile()
 
     # ---- GenerationEngine ------------------------------------------------------------------
-    def add(self, request_id: str, request: GenerateRequest) -> None:
-        """Queue a request; it joins the running batch at the next step with a free slot."""
+    def add(self, request_id: str, request: GenerateRequest, arrived: float | None = None) -> None:
+        """Queue a request; it joins the running batch at the next step with a free slot.
+        ``arrived``: when it reached the worker (``time.monotonic()``; default now), so that a
+        request that first waited for a slot is not held again for others."""
         if request_id in self.waiting or self._row_of(request_id) is not None:
             raise InvalidInput(f"request id {request_id!r} is already generating")
         prompt = self._check_prompt(request.prompt_token_ids)
@@ -161,7 +163,7 @@ class ContinuousBatcher:
         if params.seed is not None and params.temperature > 0:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(int(params.seed))
-        self._arrived[request_id] = (self._steps, self._now())
+        self._arrived[request_id] = (self._steps, self._now() if arrived is None else arrived)
         if self._finished:  # the replacement of a recent finish (or a new client: no matter)
             self._finished.popleft()
         self.waiting[request_id] = Seq(
@@ -300,7 +302,8 @@ class ContinuousBatcher:
         if not self._finished or len(self.waiting) >= free:
             return 0.0
         oldest = self._arrived.get(next(iter(self.waiting)), (0, now))[1]
-        return max(0.0, oldest + self.prefill_hold_s - now)
+        # until the oldest arrival has waited its bound, or the newest finish is too old
+        return max(0.0, min(oldest, self._finished[-1]) + self.prefill_hold_s - now)
 
     @staticmethod
     def _groups(seqs: list[Seq]) -> list[list[Seq]]:
@@ -394,6 +397,7 @@ class ContinuousBatcher:
                     for _rid, item in self.step():
                         if isinstance(item, BaseException):
                             raise item
+            self._finished.clear()  # no client waits to replace a warm-up request
         except Exception as exc:  # noqa: BLE001 - never fail the load over an optimisation
             self._forward.disable(exc)
             self.reset()
