@@ -477,7 +477,8 @@ class Scheduler:
             assert isinstance(work, Generate)
             try:
                 if self._add_arrival:
-                    generator.add(str(job.msg.id), work.request, arrived=job.arrived)
+                    add: Any = generator.add  # an optional keyword of the protocol
+                    add(str(job.msg.id), work.request, arrived=job.arrived)
                 else:
                     generator.add(str(job.msg.id), work.request)
             except Exception as exc:  # noqa: BLE001 - bad request fails alone
