@@ -78,6 +78,14 @@ class Run:
             if item.finish_reason is not None:
                 self.finished.add(rid)
 
+    def finish_together(
+        self, prompts: dict[str, list[int]], max_tokens: int, clock: Clock, step_ms: float = 5
+    ) -> None:
+        """Add these requests at once and step until every one of them has finished."""
+        for rid, prompt in prompts.items():
+            self.add(rid, prompt, max_tokens)
+        self.until_finished(set(prompts), clock, step_ms)
+
     def until_finished(self, rids: set[str], clock: Clock, step_ms: float = 5) -> None:
         for _ in range(100):
             if rids <= self.finished:
@@ -97,9 +105,7 @@ def test_replacements_of_a_finished_batch_share_one_prefill(
     engine = _engine(model, clock)
     run = Run(engine)
     prompts = {f"r{i}": _prompt(model, 4 + i, seed=300 + i) for i in range(7)}
-    for rid in ("r0", "r1", "r2"):
-        run.add(rid, prompts[rid], 3)
-    run.until_finished({"r0", "r1", "r2"}, clock)
+    run.finish_together({rid: prompts[rid] for rid in ("r0", "r1", "r2")}, 3, clock)
     assert run.prefills == [["r0", "r1", "r2"]]  # a fresh engine holds nobody
     finished_at = clock.t - 0.005  # the last step (then the clock moved on)
 
@@ -133,9 +139,7 @@ def test_no_arrival_waits_past_the_bound(models: dict[str, Any]) -> None:  # noq
     engine = _engine(model, clock, prefill_hold_ms=40)
     run = Run(engine)
     prompts = {f"r{i}": _prompt(model, 5, seed=400 + i) for i in range(5)}
-    for rid in ("r0", "r1", "r2"):
-        run.add(rid, prompts[rid], 2)
-    run.until_finished({"r0", "r1", "r2"}, clock, step_ms=0)
+    run.finish_together({rid: prompts[rid] for rid in ("r0", "r1", "r2")}, 2, clock, step_ms=0)
     run.add("r3", prompts["r3"], 3)
     clock.advance(39)
     run.step()
@@ -162,9 +166,7 @@ def test_the_hold_ends_when_the_last_expected_replacement_is_too_old(
     clock = Clock()
     engine = _engine(model, clock)
     run = Run(engine)
-    for rid in ("r0", "r1", "r2"):
-        run.add(rid, _prompt(model, 4, seed=500), 2)
-    run.until_finished({"r0", "r1", "r2"}, clock, step_ms=0)
+    run.finish_together({f"r{i}": _prompt(model, 4, seed=500) for i in range(3)}, 2, clock, 0)
     clock.advance(45)
     run.add("r3", _prompt(model, 4, seed=501), 2)
     assert engine.idle_s() == pytest.approx(0.005)
@@ -183,9 +185,7 @@ def test_a_request_that_waited_for_a_slot_is_not_held_again(
     clock = Clock()
     engine = _engine(model, clock)
     run = Run(engine)
-    for rid in ("r0", "r1", "r2"):
-        run.add(rid, _prompt(model, 4, seed=600), 2)
-    run.until_finished({"r0", "r1", "r2"}, clock, step_ms=0)
+    run.finish_together({f"r{i}": _prompt(model, 4, seed=600) for i in range(3)}, 2, clock, 0)
     engine.add("late", GenerateRequest(_prompt(model, 4, seed=601), params=_greedy(2)), clock.t - 2)
     assert engine.idle_s() == 0
     run.step()
